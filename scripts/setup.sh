@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create or refresh .venv with everything kdistill needs (the project's own dependency list).
+# Idempotent: a second call with an unchanged pyproject.toml does nothing and takes a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.kdistill-setup
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    # Pin the version first: on machines with a local CPU wheel this takes it instead of pulling a
+    # multi-GB CUDA build. Elsewhere, fall back to the range in pyproject.toml.
+    .venv/bin/pip install -q "torch==${KDISTILL_TORCH_VERSION:-2.13.0}" || .venv/bin/pip install -q "torch>=2.2"
+  fi
+  .venv/bin/pip install -q -e ".[dev]"
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,5 @@
+import sys
+
+from kdistill.cli import main
+
+sys.exit(main())

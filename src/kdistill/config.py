@@ -1,0 +1,247 @@
+"""Experiment config: plain YAML (``yaml.safe_load``) validated into typed pydantic models.
+
+Unknown keys and wrong types are errors that name the dotted key and suggest the closest valid one.
+Defaults live here, next to the fields they configure. Command-line overrides use dotted keys:
+``kdistill run CONFIG kd.T=8 student.train.epochs=3``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and how to fix it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Strict):
+    """A built-in (``mlp``, ``cnn``) or a user factory ``package.module:factory``, with its kwargs."""
+
+    arch: str = "mlp"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class AugmentConfig(_Strict):
+    """Random augmentation on batched tensors. Off by default: Fashion-MNIST needs none to train."""
+
+    shift: int = Field(0, ge=0, description="random translation by up to this many pixels")
+    flip: bool = False
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description="total optimizer steps; overrides epochs, so that students trained on sets of "
+        "different sizes (labelled subset vs transfer set) get the same budget",
+    )
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "onecycle", "constant", "step"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_size: int = Field(10, ge=1, description="epochs between x0.1 decays for schedule=step")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    eval_batch_size: int = Field(1000, ge=1)
+
+
+class DataConfig(_Strict):
+    name: Literal["fashion_mnist", "digits", "synthetic"] = "fashion_mnist"
+    root: str | None = Field(None, description="directory with the dataset files (searched first)")
+    download: bool = True
+    val_size: int = Field(5000, ge=1)
+    labelled: int | None = Field(None, ge=1, description="keep labels for only this many (stratified) training images")
+    split_seed: int = 0
+    synthetic: dict[str, Any] = Field(default_factory=dict)
+
+
+class TeacherConfig(_Strict):
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(arch="cnn"))
+    checkpoint: str | None = Field(
+        None, description="load these weights instead of training; null trains (or reuses) one"
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class StudentConfig(_Strict):
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(arch="mlp", kwargs={"hidden": [300]}))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class KDConfig(_Strict):
+    T: float = Field(4.0, gt=0, description="softmax temperature of the soft targets")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft-target term")
+    transfer: Literal["labelled", "all"] = Field(
+        "labelled",
+        description="inputs that get soft targets: the labelled set, or every training image "
+        "(labels outside data.labelled are removed)",
+    )
+
+
+class LabelSmoothingConfig(_Strict):
+    smoothing: float = Field(0.1, ge=0, lt=1)
+
+
+Role = Literal["scratch", "kd", "label_smoothing"]
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    description: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null = all cores")
+    output_dir: str = "runs"
+    teacher_cache_dir: str | None = Field(
+        None, description="where trained teachers are kept for reuse; null = <output_dir>/_teachers"
+    )
+    roles: list[Role] = Field(
+        default_factory=lambda: ["scratch", "kd", "label_smoothing"],
+        description="students to train; [] trains (or loads) the teacher only",
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    kd: KDConfig = Field(default_factory=KDConfig)
+    label_smoothing: LabelSmoothingConfig = Field(default_factory=LabelSmoothingConfig)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_nonempty(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one seed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError(f"name {v!r} must be a plain directory name (no '/', not starting with '.')")
+        return v
+
+    @model_validator(mode="after")
+    def _transfer_needs_labelled(self) -> ExperimentConfig:
+        if self.kd.transfer == "all" and self.data.labelled is None:
+            raise ValueError(
+                "kd.transfer='all' only makes sense with data.labelled set (the labelled part is then "
+                "smaller than the transfer set); set data.labelled or kd.transfer='labelled'"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def teacher_key(self) -> str:
+        """Identifies a teacher: its model, its training recipe and the data it is trained on."""
+        d = self.data.model_dump(mode="json")
+        d.pop("root", None)
+        d.pop("download", None)
+        d.pop("labelled", None)  # the teacher always trains on every training label
+        payload = {"model": self.teacher.model.model_dump(), "train": self.teacher.train.model_dump(), "data": d}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid field names of the (sub)model that ``loc`` (without its last part) points into."""
+    cls: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+            return []
+        ann = cls.model_fields[part].annotation
+        cls = ann
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return list(cls.model_fields)
+    return []
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(ExperimentConfig, loc)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+            lines.append(f"  {key}: unknown key{hint} (valid here: {', '.join(valid)})")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {key}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form dotted.key=value (e.g. kd.T=8)")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: '{'.'.join(path[: i + 1])}' is a value, not a section")
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config, apply dotted overrides, validate. Raises :class:`ConfigError`."""
+    raw: Any = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of keys, got {type(raw).__name__}")
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        source += " + overrides " + " ".join(overrides)
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None

@@ -1,0 +1,77 @@
+"""Atomic writes and trust-free loading.
+
+Every file kdistill writes goes to a temporary file in the same directory first and is renamed into
+place, so an interrupted run never leaves a half-written checkpoint or summary behind.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through a temporary file and an atomic rename."""
+    _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    _atomic(Path(path), lambda f: f.write(text.encode()))
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or holds something other than tensors and plain data."""
+
+
+def safe_load(path: str | Path) -> Any:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only.
+
+    A file that needs arbitrary pickled classes is refused instead of executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is several lines with ANSI colour codes; the line that matters names the
+        # class the file wants to unpickle. Without that line the file is not a checkpoint at all.
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found is None:
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {text.splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint {path} holds objects other than tensors and plain containers ({found.group(1)}), and "
+            "kdistill does not unpickle code from files. Re-save it as a plain state_dict."
+        ) from None
+    except Exception as e:  # noqa: BLE001 - torch's legacy unpickler raises KeyError, ValueError, ...
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {type(e).__name__}: {e}") from None

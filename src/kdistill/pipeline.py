@@ -1,0 +1,204 @@
+"""The experiment: teacher (trained, reused or loaded), then scratch / KD / label-smoothing students.
+
+``run_experiment(cfg)`` writes ``<output_dir>/<name>/``::
+
+    config.yaml                     resolved config (every default filled in)
+    teacher/                        metrics.jsonl, metrics.csv, weights.pt (when trained here)
+    <role>-seed<k>/                 metrics.jsonl, metrics.csv, best.pt, last.pt, weights.pt
+    summary.json, summary.md        one row per trained model + mean/std per role
+    curves.png                      validation accuracy and training loss per epoch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdistill.config import ExperimentConfig
+from kdistill.data import BatchLoader, DataBundle, load_data
+from kdistill.distiller import Distiller, FrozenTeacher, LogitCache, Supervised
+from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
+from kdistill.models import build_model, count_params, load_state_strict
+from kdistill.report import write_summary
+from kdistill.trainer import evaluate, fit
+
+MODEL_FORMAT = "kdistill-model/1"
+SMOKE = {"limit_train": 800, "limit_test": 500, "val_size": 200, "epochs": 1, "labelled": 200}
+
+
+def log(msg: str) -> None:
+    print(f"[kdistill {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def smoke_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The same pipeline on a few hundred samples for one epoch, in its own run directory."""
+    c = cfg.model_copy(deep=True)
+    c.name = cfg.name + "-smoke"
+    for tc in (c.teacher.train, c.student.train):
+        tc.epochs, tc.steps = SMOKE["epochs"], None
+    c.data.val_size = min(c.data.val_size, SMOKE["val_size"])
+    if c.data.labelled is not None:
+        c.data.labelled = min(c.data.labelled, SMOKE["labelled"])
+    return c
+
+
+def save_model(model: nn.Module, spec: dict, data: DataBundle, path: Path, **meta: Any) -> None:
+    """Weights plus the spec that rebuilds the model: a file that is loadable on its own."""
+    atomic_save(
+        {
+            "format": MODEL_FORMAT,
+            "spec": spec,
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "state_dict": model.state_dict(),
+            "meta": meta,
+        },
+        path,
+    )
+
+
+def load_weights_into(model: nn.Module, path: Path) -> dict:
+    """Load a kdistill model file or a bare ``state_dict`` into ``model``; returns the file's meta."""
+    obj = safe_load(path)
+    if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT:
+        load_state_strict(model, obj["state_dict"], str(path))
+        return dict(obj.get("meta", {}))
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        load_state_strict(model, obj["state_dict"], str(path))
+        return {}
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        load_state_strict(model, obj, str(path))
+        return {}
+    raise CheckpointError(f"{path}: neither a kdistill model file nor a state_dict")
+
+
+@dataclass
+class TeacherInfo:
+    model: nn.Module
+    source: str  # "checkpoint", "reused" or "trained"
+    path: Path
+    train_seconds: float
+
+
+def get_teacher(cfg: ExperimentConfig, data: DataBundle, run_dir: Path, smoke: bool) -> TeacherInfo:
+    spec = cfg.teacher.model.model_dump()
+    torch.manual_seed(cfg.seeds[0])
+    model = build_model(spec["arch"], data.input_shape, data.num_classes, spec["kwargs"])
+    if cfg.teacher.checkpoint:
+        path = Path(cfg.teacher.checkpoint)
+        meta = load_weights_into(model, path)
+        log(f"teacher: loaded {path}")
+        return TeacherInfo(model, "checkpoint", path, float(meta.get("train_seconds", 0.0)))
+
+    cache_root = Path(cfg.teacher_cache_dir or Path(cfg.output_dir) / "_teachers")
+    key = cfg.teacher_key() + ("-smoke" if smoke else "")
+    path = cache_root / key / "teacher.pt"
+    if path.is_file():
+        meta = load_weights_into(model, path)
+        if meta.get("data_fingerprint") == data.fingerprint:
+            log(f"teacher: reusing {path} (same teacher config and data; delete it to retrain)")
+            return TeacherInfo(model, "reused", path, float(meta.get("train_seconds", 0.0)))
+        log(f"teacher: {path} was trained on other data; retraining")
+        torch.manual_seed(cfg.seeds[0])
+        model = build_model(spec["arch"], data.input_shape, data.num_classes, spec["kwargs"])
+
+    log(f"teacher: training {spec['arch']} ({count_params(model):,} params) for {cfg.teacher.train.epochs} epochs")
+    res = fit(Supervised(model), data.train, data.val, cfg.teacher.train, seed=cfg.seeds[0],
+              out_dir=run_dir / "teacher", desc="teacher")  # fmt: skip
+    save_model(model, spec, data, path, data_fingerprint=data.fingerprint, train_seconds=res.train_seconds,
+               teacher_key=key, best_epoch=res.best_epoch)  # fmt: skip
+    atomic_write_text(path.parent / "config.yaml", cfg.to_yaml())
+    # The run directory gets its own copy, so that `checkpoints/` can be refreshed from any run.
+    shutil.copyfile(path, run_dir / "teacher" / "weights.pt")
+    return TeacherInfo(model, "trained", path, res.train_seconds)
+
+
+def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
+    """Train/load the teacher and every (role, seed) student; write the run directory; return summary."""
+    if smoke:
+        cfg = smoke_config(cfg)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    run_dir = Path(cfg.output_dir) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+
+    data = load_data(
+        cfg.data.name, root=cfg.data.root, download=cfg.data.download, val_size=cfg.data.val_size,
+        labelled=cfg.data.labelled, transfer=cfg.kd.transfer, split_seed=cfg.data.split_seed,
+        limit_train=SMOKE["limit_train"] if smoke else None, limit_test=SMOKE["limit_test"] if smoke else None,
+        synthetic=cfg.data.synthetic,
+    )  # fmt: skip
+    log(
+        f"data: {data.name} train {len(data.train)}, val {len(data.val)}, test {len(data.test)}; student labels "
+        f"{len(data.student_labelled)}, KD transfer set {len(data.transfer_set)}"
+    )
+    t = get_teacher(cfg, data, run_dir, smoke)
+    teacher = FrozenTeacher(t.model)
+    rows: list[dict] = []
+    te = evaluate(teacher, data.test)
+    rows.append(_row("teacher", cfg.seeds[0], t.model, cfg.teacher.model.arch, te, t.train_seconds, source=t.source,
+                     weights=str(t.path), val_acc=evaluate(teacher, data.val).acc))  # fmt: skip
+    log(f"teacher: test acc {te.acc:.4f} ({te.errors} errors)")
+
+    # Teacher logits are computed once: without augmentation the student sees exactly these inputs.
+    # With augmentation a per-index cache would freeze one view, so the teacher then runs online.
+    cache = None
+    if cfg.student.train.augment.shift == 0 and not cfg.student.train.augment.flip and "kd" in cfg.roles:
+        t0 = time.perf_counter()
+        ts = data.transfer_set
+        cache = LogitCache.build(teacher, BatchLoader(ts, 1000), int(ts.index.max()) + 1, data.num_classes)
+        log(f"teacher logits cached for {len(ts)} transfer images in {time.perf_counter() - t0:.1f}s")
+
+    spec = cfg.student.model.model_dump()
+    for seed in cfg.seeds:
+        for role in cfg.roles:
+            torch.manual_seed(seed)
+            student = build_model(spec["arch"], data.input_shape, data.num_classes, spec["kwargs"])
+            if role == "kd":
+                objective: nn.Module = Distiller(student, teacher, T=cfg.kd.T, alpha=cfg.kd.alpha, cache=cache)
+                train_split = data.transfer_set
+            else:
+                smoothing = cfg.label_smoothing.smoothing if role == "label_smoothing" else 0.0
+                objective = Supervised(student, smoothing=smoothing)
+                train_split = data.student_labelled
+            out = run_dir / f"{role}-seed{seed}"
+            res = fit(
+                objective, train_split, data.val, cfg.student.train, seed=seed, out_dir=out, desc=f"{role} s{seed}"
+            )
+            save_model(student, spec, data, out / "weights.pt", role=role, seed=seed, best_epoch=res.best_epoch)
+            ev = evaluate(student, data.test)
+            rows.append(_row(role, seed, student, spec["arch"], ev, res.train_seconds, best_epoch=res.best_epoch,
+                             val_acc=res.best_val_acc))  # fmt: skip
+            log(f"{role} seed {seed}: test acc {ev.acc:.4f} ({ev.errors} errors), {res.train_seconds:.0f}s")
+
+    return write_summary(run_dir, cfg, rows, smoke=smoke)
+
+
+def _row(role: str, seed: int, model: nn.Module, arch: str, ev: Any, seconds: float, **extra: Any) -> dict:
+    return {
+        "role": role,
+        "seed": seed,
+        "arch": arch,
+        "params": count_params(model),
+        "test_acc": ev.acc,
+        "test_errors": ev.errors,
+        "test_nll": ev.nll,
+        "train_seconds": round(seconds, 2),
+        **extra,
+    }
+
+
+def summary_path(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.output_dir) / cfg.name / "summary.json"
+
+
+def read_summary(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

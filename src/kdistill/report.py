@@ -1,0 +1,161 @@
+"""Summaries and figures of a run, built from its metrics files (never from logs)."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from kdistill.io import atomic_write_text
+
+ROLE_ORDER = ["teacher", "scratch", "kd", "label_smoothing"]
+
+
+def aggregate(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation (n-1) per role."""
+    out: dict[str, dict[str, float]] = {}
+    for role in ROLE_ORDER:
+        rs = [r for r in rows if r["role"] == role]
+        if not rs:
+            continue
+        agg: dict[str, float] = {"n": len(rs), "params": rs[0]["params"]}
+        for key in ("test_acc", "test_errors", "test_nll", "val_acc", "train_seconds"):
+            vals = [float(r[key]) for r in rs if r.get(key) is not None]
+            if vals:
+                agg[f"{key}_mean"] = statistics.fmean(vals)
+                agg[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out[role] = agg
+    return out
+
+
+def gap_recovered(agg: dict[str, dict[str, float]]) -> float | None:
+    """``(kd - scratch) / (teacher - scratch)`` on mean test accuracy; None when undefined."""
+    try:
+        t, s, k = (agg[r]["test_acc_mean"] for r in ("teacher", "scratch", "kd"))
+    except KeyError:
+        return None
+    return (k - s) / (t - s) if abs(t - s) > 1e-12 else None
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def summary_markdown(summary: dict) -> str:
+    agg, cfg = summary["aggregate"], summary["config"]
+    lines = [f"# {cfg['name']}" + (" (smoke run: tiny data, 1 epoch, numbers meaningless)" if summary["smoke"] else "")]
+    if cfg.get("description"):
+        lines += ["", cfg["description"].strip()]
+    lines += [
+        "",
+        f"Dataset {cfg['data']['name']}; teacher `{cfg['teacher']['model']['arch']}` "
+        f"{cfg['teacher']['model']['kwargs']}; student `{cfg['student']['model']['arch']}` "
+        f"{cfg['student']['model']['kwargs']}; KD T={cfg['kd']['T']}, alpha={cfg['kd']['alpha']}, "
+        f"transfer set: {cfg['kd']['transfer']}; seeds {cfg['seeds']}.",
+        "",
+        "| role | params | test acc % (mean ± std) | test errors | test NLL | train s | n |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for role, a in agg.items():
+        lines.append(
+            f"| {role} | {int(a['params']):,} | {_pct(a['test_acc_mean'])} ± {_pct(a['test_acc_std'])} | "
+            f"{a['test_errors_mean']:.0f} | {a['test_nll_mean']:.4f} | {a['train_seconds_mean']:.1f} | {int(a['n'])} |"
+        )
+    d = summary["derived"]
+    lines.append("")
+    if d.get("kd_minus_scratch") is not None:
+        lines.append(f"- KD − scratch: **{100 * d['kd_minus_scratch']:+.2f} points** (mean test accuracy).")
+    if d.get("label_smoothing_minus_scratch") is not None:
+        lines.append(f"- label smoothing − scratch: {100 * d['label_smoothing_minus_scratch']:+.2f} points.")
+    if d.get("gap_recovered") is not None:
+        lines.append(
+            f"- Share of the teacher–student gap recovered by KD, (kd − scratch) / (teacher − scratch): "
+            f"{100 * d['gap_recovered']:.0f} %."
+        )
+    if d.get("compression") is not None:
+        lines.append(f"- The student has {d['compression']:.1f}× fewer parameters than the teacher.")
+    lines += ["", "## Every model", "", "| role | seed | test acc % | errors | NLL | best epoch | train s |",
+              "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in summary["rows"]:
+        lines.append(
+            f"| {r['role']} | {r['seed']} | {_pct(r['test_acc'])} | {r['test_errors']} | {r['test_nll']:.4f} | "
+            f"{r.get('best_epoch', '-')} | {r['train_seconds']:.1f} |"
+        )
+    lines += ["", f"Reproduce: `{summary['command']}`", "", "![curves](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_curves(run_dir: Path, out: Path) -> bool:
+    """Validation accuracy and training loss per epoch for every model, from its ``metrics.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted(p for p in run_dir.glob("*/metrics.jsonl"))
+    if not runs:
+        return False
+    colors = {"teacher": "black", "scratch": "tab:blue", "kd": "tab:red", "label_smoothing": "tab:green"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    seen: set[str] = set()
+    for p in runs:
+        hist = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        role = p.parent.name.split("-seed")[0]
+        ep = [h["epoch"] for h in hist]
+        label = role if role not in seen else None
+        seen.add(role)
+        c = colors.get(role, "gray")
+        axes[0].plot(ep, [100 * h["val_acc"] for h in hist], color=c, label=label, alpha=0.8, marker=".")
+        axes[1].plot(ep, [h["train_loss"] for h in hist], color=c, label=label, alpha=0.8, marker=".")
+    axes[0].set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
+    axes[1].set(xlabel="epoch", ylabel="training loss (objective)", title="Training loss", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = out.with_name("." + out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return True
+
+
+def write_summary(run_dir: Path, cfg: Any, rows: list[dict], smoke: bool) -> dict:
+    agg = aggregate(rows)
+    derived: dict[str, Any] = {"gap_recovered": gap_recovered(agg)}
+    for role in ("kd", "label_smoothing"):
+        if role in agg and "scratch" in agg:
+            derived[f"{role}_minus_scratch"] = agg[role]["test_acc_mean"] - agg["scratch"]["test_acc_mean"]
+    if "teacher" in agg and "scratch" in agg:
+        derived["compression"] = agg["teacher"]["params"] / agg["scratch"]["params"]
+    summary = {
+        "config": cfg.model_dump(mode="json"),
+        "smoke": smoke,
+        "rows": rows,
+        "aggregate": agg,
+        "derived": derived,
+        "command": "kdistill " + " ".join(sys.argv[1:])
+        if Path(sys.argv[0]).name in ("kdistill", "__main__.py")
+        else f"kdistill run <config> (name={cfg.name})",
+        "environment": {"python": platform.python_version(), "platform": platform.platform(), **_torch_env()},
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    plot_curves(run_dir, run_dir / "curves.png")
+    atomic_write_text(run_dir / "summary.md", summary_markdown(summary))
+    return summary
+
+
+def _torch_env() -> dict:
+    import torch
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    return str(o)
