@@ -94,6 +94,12 @@ def get_teacher(cfg: ExperimentConfig, data: DataBundle, run_dir: Path, smoke: b
     model = build_model(spec["arch"], data.input_shape, data.num_classes, spec["kwargs"])
     if cfg.teacher.checkpoint:
         path = Path(cfg.teacher.checkpoint)
+        if not path.is_file():
+            raise CheckpointError(
+                f"teacher.checkpoint: {path} not found (looked relative to {Path.cwd()}). Train a teacher with "
+                "`kdistill run configs/fashion_mnist/teacher.yaml` and copy its teacher/weights.pt there, or set "
+                "teacher.checkpoint=null to train (and cache) one in this run."
+            )
         meta = load_weights_into(model, path)
         log(f"teacher: loaded {path}")
         return TeacherInfo(model, "checkpoint", path, float(meta.get("train_seconds", 0.0)))

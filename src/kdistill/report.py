@@ -77,7 +77,11 @@ def summary_markdown(summary: dict) -> str:
             f"{100 * d['gap_recovered']:.0f} %."
         )
     if d.get("compression") is not None:
-        lines.append(f"- The student has {d['compression']:.1f}× fewer parameters than the teacher.")
+        c = d["compression"]
+        if c >= 1:
+            lines.append(f"- The student has {c:.1f}× fewer parameters than the teacher.")
+        else:
+            lines.append(f"- The student has {1 / c:.1f}× more parameters than the teacher.")
     lines += ["", "## Every model", "", "| role | seed | test acc % | errors | NLL | best epoch | train s |",
               "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in summary["rows"]:
