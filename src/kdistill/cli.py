@@ -1,8 +1,10 @@
-"""Command line: ``kdistill run CONFIG [dotted.key=value ...] [--smoke]``."""
+"""Command line: ``kdistill run CONFIG [dotted.key=value ...] [--smoke]`` and
+``kdistill layers MODEL_SPEC --input-shape 1,1,28,28 [--num-classes 10] [--kwargs '{"hidden": [300]}']``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kdistill.config import ConfigError, load_config
@@ -20,6 +22,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_input_shape(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.strip().strip("()[]").split(",")]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) < 2 or any(d < 1 for d in shape):
+        raise ValueError(
+            f"--input-shape {text!r}: expected comma-separated positive integers starting with the batch size, "
+            "e.g. 1,1,28,28 (batch, channels, height, width) or 1,784"
+        )
+    return shape
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    import yaml
+
+    from kdistill.models import build_model
+    from kdistill.taps import format_layer_table, layer_table
+
+    shape = _parse_input_shape(args.input_shape)
+    kwargs = {}
+    if args.kwargs:
+        try:
+            kwargs = yaml.safe_load(args.kwargs)  # JSON is YAML too
+        except yaml.YAMLError as e:
+            raise ValueError(f"--kwargs: not valid JSON/YAML: {e}") from e
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--kwargs must be a mapping such as '{{\"hidden\": [300]}}', got {args.kwargs!r}")
+    model = build_model(args.model, shape[1:], args.num_classes, kwargs)
+    print(f"{args.model} ({type(model).__name__}), input {shape}")
+    print(format_layer_table(layer_table(model, shape[1:], batch_size=shape[0])))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,7 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. kd.T=8 seeds=[0,1]")
     p.add_argument("--smoke", action="store_true", help="a few hundred samples, one epoch: checks a config in seconds")
     p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("layers", help="list a model's layers: dotted name, type, output shape, parameters")
+    p.add_argument("model", metavar="MODEL_SPEC", help="mlp, cnn or a user factory package.module:factory")
+    p.add_argument("--input-shape", required=True, help="input shape with the batch dim, e.g. 1,1,28,28")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--kwargs", default=None, help="model kwargs as JSON or YAML, e.g. '{\"hidden\": [300]}'")
+    p.set_defaults(func=_cmd_layers)
     args = parser.parse_args(argv)
+    # The console script, unlike `python -m kdistill`, does not put the current directory on sys.path;
+    # user factories (`mypkg.nets:factory`) are looked up there in both cases.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args))
     except (ConfigError, DataError, CheckpointError) as e:

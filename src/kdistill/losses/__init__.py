@@ -1,11 +1,36 @@
-"""Pure loss functions (tensors in, scalar tensor out)."""
+"""Pure loss functions (tensors in, scalar tensor out); :class:`ContrastMemory` is CRD's one stateful piece."""
 
+from kdistill.losses.contrastive import ContrastMemory, crd_loss, crd_nce_loss
+from kdistill.losses.features import attention_map, attention_transfer_loss, hint_loss
 from kdistill.losses.logits import (
     cross_entropy,
+    dist_loss,
+    dkd_loss_parts,
+    dkd_terms,
     kd_loss,
     kd_loss_parts,
     label_smoothing_ce,
     soft_target_kl,
 )
+from kdistill.losses.relation import pkt_loss, rkd_angle_loss, rkd_distance_loss, similarity_preserving_loss
 
-__all__ = ["cross_entropy", "kd_loss", "kd_loss_parts", "label_smoothing_ce", "soft_target_kl"]
+__all__ = [
+    "ContrastMemory",
+    "attention_map",
+    "attention_transfer_loss",
+    "crd_loss",
+    "crd_nce_loss",
+    "cross_entropy",
+    "dist_loss",
+    "dkd_loss_parts",
+    "dkd_terms",
+    "hint_loss",
+    "kd_loss",
+    "kd_loss_parts",
+    "label_smoothing_ce",
+    "pkt_loss",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    "similarity_preserving_loss",
+    "soft_target_kl",
+]

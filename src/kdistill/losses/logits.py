@@ -91,3 +91,133 @@ def kd_loss(
 ) -> torch.Tensor:
     """The total Hinton KD loss (see :func:`kd_loss_parts`)."""
     return kd_loss_parts(student_logits, teacher_logits, labels, T, alpha)["loss"]
+
+
+# ----------------------------------------------------------------------------- decoupled KD and DIST
+
+
+def _check_logit_pair(name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"{name} needs student and teacher logits of the same (batch, classes) shape, got "
+            f"student {tuple(student_logits.shape)}, teacher {tuple(teacher_logits.shape)}"
+        )
+    if student_logits.shape[0] < 1 or student_logits.shape[1] < 2:
+        raise ValueError(f"{name} needs at least one row and two classes, got {tuple(student_logits.shape)}")
+
+
+def _check_weight(name: str, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def dkd_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    T: float,
+    reduction: str = "mean",
+) -> dict[str, torch.Tensor]:
+    """The two unweighted Decoupled-KD terms (Zhao et al. 2022), each already multiplied by ``T^2``.
+
+    ``tckd``: KL between the teacher's and the student's binary ``[p_target, 1 - p_target]`` at T.
+    ``nckd``: KL between their distributions over the non-target classes only (renormalised), at T.
+    Per sample, ``T^2 KL(p_t || p_s) = tckd + (1 - p_t[target]) * nckd``, with ``p_t`` the teacher's
+    softmax at T: classic KD is DKD with a target-dependent NCKD weight. ``reduction``: ``"mean"`` over
+    rows, or ``"none"`` for ``(b,)`` tensors. Every row needs a label (see :func:`dkd_loss_parts`).
+    """
+    _check_temperature(T)
+    _check_logit_pair("dkd", student_logits, teacher_logits)
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    b, num_classes = student_logits.shape
+    if labels.shape != (b,):
+        raise ValueError(f"dkd needs one label per row: labels {tuple(labels.shape)} for logits {(b, num_classes)}")
+    if bool((labels == IGNORE).any()):
+        raise ValueError(
+            "dkd needs a label for every row: DKD splits the distributions into the target class and the rest, "
+            "so an unlabelled (-1) row cannot be decoupled; filter those rows out or use soft_target_kl for them"
+        )
+    if bool(((labels < 0) | (labels >= num_classes)).any()):
+        lo, hi = int(labels.min()), int(labels.max())
+        raise ValueError(f"dkd labels must be in [0, {num_classes}), got min {lo}, max {hi}")
+    dtype = torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+    z_s = student_logits.to(dtype) / T
+    z_t = teacher_logits.detach().to(dtype) / T
+    target = F.one_hot(labels, num_classes).bool()
+
+    def split(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Log-probabilities of [target, not target] straight from logsumexps (no log(1 - p) cancellation),
+        # and the non-target logits themselves: removing the target column is the exact version of the
+        # reference code's "subtract 1000 from the target logit before the softmax".
+        lse_all = torch.logsumexp(z, dim=1)
+        others = z[~target].view(b, num_classes - 1)
+        log_binary = torch.stack([z[target] - lse_all, torch.logsumexp(others, dim=1) - lse_all], dim=1)
+        return log_binary, F.log_softmax(others, dim=1)
+
+    bin_s, rest_s = split(z_s)
+    bin_t, rest_t = split(z_t)
+    tckd = (bin_t.exp() * (bin_t - bin_s)).sum(dim=1) * (T * T)
+    nckd = (rest_t.exp() * (rest_t - rest_s)).sum(dim=1) * (T * T)
+    if reduction == "mean":
+        tckd, nckd = tckd.mean(), nckd.mean()
+    return {"tckd": tckd, "nckd": nckd}
+
+
+def dkd_loss_parts(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    T: float,
+    alpha: float,
+    beta: float,
+) -> dict[str, torch.Tensor]:
+    """Decoupled KD (Zhao et al. 2022): ``loss = alpha * tckd + beta * nckd`` (mean over rows).
+
+    Unlike :func:`kd_loss_parts`, ``tckd`` and ``nckd`` are returned *unweighted* (but ``T^2``-scaled),
+    so logs show the two knowledge terms themselves. The paper's defaults are alpha = 1, beta = 8, T = 4;
+    any cross-entropy term and warm-up are the caller's. Rows labelled -1 raise ``ValueError``: the
+    target class is what DKD decouples on, so unlabelled rows need another loss.
+    """
+    _check_weight("dkd alpha", alpha)
+    _check_weight("dkd beta", beta)
+    terms = dkd_terms(student_logits, teacher_logits, labels, T)
+    return {**terms, "loss": alpha * terms["tckd"] + beta * terms["nckd"]}
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    # Pearson correlation of matching rows; eps as in the reference code (keeps constant rows finite).
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    T: float = 1.0,
+) -> torch.Tensor:
+    """DIST (Huang et al. 2022): match prediction *relations* by Pearson correlation instead of exact values.
+
+    With ``P = softmax(z / T)`` as ``(b, C)`` matrices: inter-class ``= 1 - mean_i rho(P_s[i], P_t[i])``,
+    intra-class ``= 1 - mean_c rho(P_s[:, c], P_t[:, c])``; loss ``= T^2 (beta * inter + gamma * intra)``.
+    Pearson correlation ignores positive affine changes of either side, so a student whose rows are
+    ``a * p_t + (1 - a) / C`` (same relations, less confident) is not penalised. The intra-class term
+    correlates over the batch, so it needs b >= 2 whenever ``gamma > 0``.
+    """
+    _check_temperature(T)
+    _check_weight("dist beta", beta)
+    _check_weight("dist gamma", gamma)
+    _check_logit_pair("dist_loss", student_logits, teacher_logits)
+    if gamma > 0 and student_logits.shape[0] < 2:
+        raise ValueError(
+            f"dist_loss intra-class term correlates over the batch and needs b >= 2, got {tuple(student_logits.shape)}"
+        )
+    dtype = torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+    p_s = F.softmax(student_logits.to(dtype) / T, dim=1)
+    p_t = F.softmax(teacher_logits.detach().to(dtype) / T, dim=1)
+    inter = 1.0 - _pearson_rows(p_s, p_t).mean()
+    intra = 1.0 - _pearson_rows(p_s.T, p_t.T).mean()
+    return (T * T) * (beta * inter + gamma * intra)
