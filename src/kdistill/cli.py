@@ -73,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--kwargs", default=None, help="model kwargs as JSON or YAML, e.g. '{\"hidden\": [300]}'")
     p.set_defaults(func=_cmd_layers)
-    args = parser.parse_args(argv)
+    # parse_known_args: `run CONFIG --smoke kd.T=8` puts the overrides after an option, which a plain
+    # nargs="*" positional would reject; they are collected here instead.
+    args, rest = parser.parse_known_args(argv)
+    if rest and (args.command != "run" or any(r.startswith("-") for r in rest)):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
     # The console script, unlike `python -m kdistill`, does not put the current directory on sys.path;
     # user factories (`mypkg.nets:factory`) are looked up there in both cases.
     if os.getcwd() not in sys.path and "" not in sys.path:

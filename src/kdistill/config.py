@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,6 +98,35 @@ class LabelSmoothingConfig(_Strict):
     smoothing: float = Field(0.1, ge=0, lt=1)
 
 
+class TermConfig(_Strict):
+    """One extra distillation term of the ``kd`` student (feature, relation, contrastive, DKD, DIST).
+
+    ``layers`` is a list of ``[student_layer, teacher_layer]`` pairs (dotted module names, ``logits`` for
+    the output; ``kdistill layers`` lists them); several pairs distill several layers at once, each
+    pair with its own adapter, and their losses are summed. Logit methods need no ``layers``.
+    """
+
+    method: str
+    weight: float = Field(1.0, ge=0, description="0 switches the term off (it is then not computed)")
+    warmup_epochs: float = Field(0.0, ge=0, description="ramp the weight linearly from 0 over this many epochs")
+    layers: list[tuple[str, str]] | None = None
+    pool: Literal["none", "avg"] = Field(
+        "none", description="avg: average-pool feature maps where shapes need it (map vs vector, sizes differ)"
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="the method's own options")
+
+    @model_validator(mode="after")
+    def _known_method(self) -> TermConfig:
+        from kdistill.terms import TermError, check_options, layer_pairs
+
+        try:
+            check_options(self.method, self.options)
+            layer_pairs(self.method, self.layers)
+        except TermError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
 Role = Literal["scratch", "kd", "label_smoothing"]
 
 
@@ -118,6 +148,9 @@ class ExperimentConfig(_Strict):
     student: StudentConfig = Field(default_factory=StudentConfig)
     kd: KDConfig = Field(default_factory=KDConfig)
     label_smoothing: LabelSmoothingConfig = Field(default_factory=LabelSmoothingConfig)
+    terms: list[TermConfig] = Field(
+        default_factory=list, description="extra terms of the kd student's loss, added to kd (T, alpha)"
+    )
 
     @field_validator("seeds")
     @classmethod
@@ -164,10 +197,13 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     """Valid field names of the (sub)model that ``loc`` (without its last part) points into."""
     cls: Any = model
     for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list field, e.g. terms.0.weight
+            args = typing.get_args(cls)
+            cls = args[0] if args else None
+            continue
         if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
             return []
-        ann = cls.model_fields[part].annotation
-        cls = ann
+        cls = cls.model_fields[part].annotation
     if isinstance(cls, type) and issubclass(cls, BaseModel):
         return list(cls.model_fields)
     return []

@@ -13,13 +13,15 @@ Use inside your own loop::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from kdistill.losses import cross_entropy, kd_loss_parts, label_smoothing_ce
+from kdistill.taps import Tapped
+from kdistill.terms import LOGITS, Term
 
 Batch = dict[str, torch.Tensor]
 
@@ -118,10 +120,16 @@ class Supervised(nn.Module):
 
 
 class Distiller(nn.Module):
-    """Student trained on a frozen teacher's soft targets (temperature ``T``) plus hard labels.
+    """Student trained on a frozen teacher's soft targets (temperature ``T``) plus hard labels, plus terms.
+
+    ``loss = alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * CE + sum_i w_i(epoch) * term_i``. Each
+    :class:`~kdistill.terms.Term` names a (student layer, teacher layer) pair; the layers are captured
+    with forward hooks (:class:`~kdistill.taps.Tapped`), so neither model's code changes. A term whose
+    weight is 0 in the current epoch is not computed.
 
     ``cache`` (optional) replaces the teacher's forward pass by a lookup of precomputed logits; it is
-    only correct without random augmentation, which is why the pipeline decides when to pass one.
+    only correct without random augmentation and when no term reads a teacher layer, which is why the
+    pipeline decides when to pass one.
     """
 
     def __init__(
@@ -131,6 +139,7 @@ class Distiller(nn.Module):
         T: float = 4.0,
         alpha: float = 0.5,
         cache: LogitCache | None = None,
+        terms: Sequence[Term] = (),
     ) -> None:
         super().__init__()
         self.model = student
@@ -138,6 +147,27 @@ class Distiller(nn.Module):
         self.T = T
         self.alpha = alpha
         self.cache = cache
+        self.terms = nn.ModuleList(terms)
+        self.epoch = 0
+        s_layers = [t.student_layer for t in terms if t.student_layer != LOGITS]
+        t_layers = [t.teacher_layer for t in terms if t.teacher_layer != LOGITS]
+        if cache is not None and t_layers:
+            raise ValueError(
+                f"a logit cache cannot serve teacher layers {sorted(set(t_layers))}; run the teacher online "
+                "(cache=None) when a term reads teacher features"
+            )
+        # Kept out of the module tree (plain attributes): they wrap the same student and teacher, whose
+        # parameters and state_dict entries are already registered above.
+        self.__dict__["_s_tap"] = Tapped(student, s_layers) if s_layers else None
+        self.__dict__["_t_tap"] = Tapped(self.teacher.model, t_layers) if t_layers else None
+
+    @property
+    def reads_teacher_features(self) -> bool:
+        return self._t_tap is not None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the training loop at the start of each epoch (term weight schedules)."""
+        self.epoch = epoch
 
     def teacher_logits(self, batch: Batch) -> torch.Tensor:
         if self.cache is not None:
@@ -145,8 +175,28 @@ class Distiller(nn.Module):
         return self.teacher(batch["x"])
 
     def forward(self, batch: Batch) -> StepOutput:
-        logits = self.model(batch["x"])
-        t = self.teacher_logits(batch)
-        parts = kd_loss_parts(logits, t, batch["y"], self.T, self.alpha)
+        x = batch["x"]
+        if self._s_tap is not None:
+            logits, s_feats = self._s_tap(x)
+        else:
+            logits, s_feats = self.model(x), {}
+        if self._t_tap is not None:
+            with torch.no_grad():
+                t_logits, t_feats = self._t_tap(x)
+        else:
+            t_logits, t_feats = self.teacher_logits(batch), {}
+        s_feats[LOGITS], t_feats[LOGITS] = logits, t_logits
+        parts = kd_loss_parts(logits, t_logits, batch["y"], self.T, self.alpha)
         loss = parts.pop("loss")
+        for term in self.terms:
+            w = term.weight_at(self.epoch)
+            if w == 0:
+                continue
+            value = w * term(s_feats[term.student_layer], t_feats[term.teacher_layer], batch)
+            loss = loss + value
+            parts[term.method] = parts.get(term.method, 0.0) + value
         return StepOutput(loss, logits, {k: v.detach() for k, v in parts.items()})
+
+    def extra_params(self) -> int:
+        """Trainable parameters outside the student (adapters, embedding heads): the price of the terms."""
+        return sum(p.numel() for p in self.terms.parameters() if p.requires_grad)

@@ -22,12 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdistill.config import ExperimentConfig
+from kdistill.adapters import AdapterError
+from kdistill.config import ConfigError, ExperimentConfig
 from kdistill.data import BatchLoader, DataBundle, load_data
 from kdistill.distiller import Distiller, FrozenTeacher, LogitCache, Supervised
 from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
 from kdistill.models import build_model, count_params, load_state_strict
 from kdistill.report import write_summary
+from kdistill.taps import LayerError, probe_shapes
+from kdistill.terms import LOGITS, Term, TermContext, TermError, build_term, get_method, layer_pairs
 from kdistill.trainer import evaluate, fit
 
 MODEL_FORMAT = "kdistill-model/1"
@@ -157,7 +160,8 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
     # Teacher logits are computed once: without augmentation the student sees exactly these inputs.
     # With augmentation a per-index cache would freeze one view, so the teacher then runs online.
     cache = None
-    if cfg.student.train.augment.shift == 0 and not cfg.student.train.augment.flip and "kd" in cfg.roles:
+    augmented = cfg.student.train.augment.shift > 0 or cfg.student.train.augment.flip
+    if not augmented and "kd" in cfg.roles and not _terms_read_teacher_layers(cfg):
         t0 = time.perf_counter()
         ts = data.transfer_set
         cache = LogitCache.build(teacher, BatchLoader(ts, 1000), int(ts.index.max()) + 1, data.num_classes)
@@ -168,8 +172,13 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
         for role in cfg.roles:
             torch.manual_seed(seed)
             student = build_model(spec["arch"], data.input_shape, data.num_classes, spec["kwargs"])
+            extra: dict[str, Any] = {}
             if role == "kd":
-                objective: nn.Module = Distiller(student, teacher, T=cfg.kd.T, alpha=cfg.kd.alpha, cache=cache)
+                terms = make_terms(cfg, student, t.model, data)
+                objective: nn.Module = Distiller(
+                    student, teacher, T=cfg.kd.T, alpha=cfg.kd.alpha, cache=cache, terms=terms
+                )
+                extra["extra_params"] = objective.extra_params()
                 train_split = data.transfer_set
             else:
                 smoothing = cfg.label_smoothing.smoothing if role == "label_smoothing" else 0.0
@@ -182,10 +191,53 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
             save_model(student, spec, data, out / "weights.pt", role=role, seed=seed, best_epoch=res.best_epoch)
             ev = evaluate(student, data.test)
             rows.append(_row(role, seed, student, spec["arch"], ev, res.train_seconds, best_epoch=res.best_epoch,
-                             val_acc=res.best_val_acc))  # fmt: skip
+                             val_acc=res.best_val_acc, **extra))  # fmt: skip
             log(f"{role} seed {seed}: test acc {ev.acc:.4f} ({ev.errors} errors), {res.train_seconds:.0f}s")
 
     return write_summary(run_dir, cfg, rows, smoke=smoke)
+
+
+def _terms_read_teacher_layers(cfg: ExperimentConfig) -> bool:
+    return any(t != LOGITS for tc in cfg.terms if tc.weight > 0 for _, t in layer_pairs(tc.method, tc.layers))
+
+
+def make_terms(cfg: ExperimentConfig, student: nn.Module, teacher: nn.Module, data: DataBundle) -> list[Term]:
+    """Build the config's extra terms for this student, sized by one probe forward of each model.
+
+    Every problem (unknown layer, shapes no adapter can match, a method that needs what the data
+    lacks) is reported here, before any training, as a :class:`ConfigError` naming ``terms[i]``.
+    """
+    terms: list[Term] = []
+    transfer = data.transfer_set
+    n_data = int(transfer.index.max()) + 1
+    for i, tc in enumerate(cfg.terms):
+        if tc.weight == 0:
+            continue  # switched off: not built, not computed
+        where = f"terms[{i}] ({tc.method})"
+        cls = get_method(tc.method)
+        unlabelled = int((transfer.y < 0).sum())
+        if cls.needs_labels and unlabelled:
+            raise ConfigError(
+                f"{where} reads every sample's label, but the KD transfer set has {unlabelled} unlabelled images "
+                "(kd.transfer=all); use kd.transfer=labelled or a method that needs no labels"
+            )
+        pairs = layer_pairs(tc.method, tc.layers)
+        try:
+            s_shapes = _shapes(student, [s for s, _ in pairs], data)
+            t_shapes = _shapes(teacher, [t for _, t in pairs], data)
+            for s_layer, t_layer in pairs:
+                ctx = TermContext(s_layer, t_layer, s_shapes[s_layer], t_shapes[t_layer], data.num_classes,
+                                  n_data, cfg.kd.T, tc.pool)  # fmt: skip
+                terms.append(build_term(tc.method, ctx, tc.options, tc.weight, tc.warmup_epochs))
+        except (LayerError, AdapterError, TermError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return terms
+
+
+def _shapes(model: nn.Module, layers: list[str], data: DataBundle) -> dict[str, tuple[int, ...]]:
+    names = sorted({n for n in layers if n != LOGITS})
+    shapes = probe_shapes(model, names, data.input_shape) if names else {}
+    return {**shapes, LOGITS: (data.num_classes,)}
 
 
 def _row(role: str, seed: int, model: nn.Module, arch: str, ev: Any, seconds: float, **extra: Any) -> dict:

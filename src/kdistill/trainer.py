@@ -173,6 +173,8 @@ def fit(
     for epoch in range(cfg.epochs):
         objective.train()
         loader.set_epoch(epoch)
+        if hasattr(objective, "set_epoch"):
+            objective.set_epoch(epoch)  # epoch-scheduled loss weights (e.g. DKD's warm-up)
         sums: dict[str, float] = {}
         correct = seen = 0
         t0 = time.perf_counter()
@@ -208,13 +210,14 @@ def fit(
             best_acc, best_epoch = v.acc, epoch + 1
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
             if out_dir is not None:
-                atomic_save({"state_dict": best_state, "epoch": epoch + 1, "val_acc": v.acc}, out_dir / "best.pt")
+                atomic_save({"state_dict": best_state, "objective_state": objective_state(objective),
+                             "epoch": epoch + 1, "val_acc": v.acc}, out_dir / "best.pt")  # fmt: skip
         if out_dir is not None:
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             atomic_save(
-                {"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch + 1},
+                {"state_dict": model.state_dict(), "objective_state": objective_state(objective),
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1},
                 out_dir / "last.pt",
             )  # fmt: skip
         if verbose and (cfg.epochs <= 30 or (epoch + 1) % max(1, cfg.epochs // 10) == 0):
@@ -228,6 +231,15 @@ def fit(
     if out_dir is not None:
         write_metrics_csv(history, out_dir / "metrics.csv")
     return FitResult(best_epoch, best_acc, seconds, history)
+
+
+def objective_state(objective: nn.Module) -> dict[str, torch.Tensor]:
+    """What the objective trains or keeps besides the student: adapters, embedding heads, memories.
+
+    The student (``model.*``) is saved as ``state_dict`` on its own, and the frozen teacher (``teacher.*``)
+    never changes, so neither is repeated here.
+    """
+    return {k: v for k, v in objective.state_dict().items() if not k.startswith(("model.", "teacher."))}
 
 
 def write_metrics_csv(history: list[dict], path: Path) -> None:
