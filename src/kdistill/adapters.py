@@ -91,7 +91,7 @@ def make_adapter(
         if s_shape[0] == t_shape[0]:
             return s_pre, t_pre
         conv = nn.Sequential(nn.Conv2d(s_shape[0], t_shape[0], 1, bias=False), nn.BatchNorm2d(t_shape[0]))
-        return nn.Sequential(s_pre, conv), t_pre
+        return (conv if isinstance(s_pre, nn.Identity) else nn.Sequential(s_pre, conv)), t_pre
     if {len(s_shape), len(t_shape)} == {1, 3}:
         raise AdapterError(
             f"{both}: a feature map cannot be compared with a vector. Set `pool: avg` on this term to average the "

@@ -174,7 +174,19 @@ class Distiller(nn.Module):
             return self.cache(batch["index"])
         return self.teacher(batch["x"])
 
+    def check_batch(self, batch: Batch) -> None:
+        """Fail before training when a term needs what the batches lack (CRD's sample indices)."""
+        for term in self.terms:
+            if term.needs_index and "index" not in batch:
+                raise ValueError(
+                    f"the {term.method} term keeps a per-sample memory and needs batch['index'] (each sample's "
+                    "position in its dataset); yield it from your loader, as kdistill's BatchLoader does"
+                )
+
     def forward(self, batch: Batch) -> StepOutput:
+        if not getattr(self, "_checked", False):  # once: the first batch, before any update
+            self.check_batch(batch)
+            self._checked = True
         x = batch["x"]
         if self._s_tap is not None:
             logits, s_feats = self._s_tap(x)

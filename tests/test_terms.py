@@ -1,0 +1,222 @@
+"""Wiring of extra distillation terms: adapters, term building, the Distiller's sum, config errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kdistill.adapters import AdapterError, make_adapter
+from kdistill.config import ConfigError, load_config
+from kdistill.data import BatchLoader, load_data
+from kdistill.distiller import Distiller
+from kdistill.losses import attention_transfer_loss, hint_loss
+from kdistill.models import build_model
+from kdistill.pipeline import make_terms, run_experiment
+from kdistill.terms import TERMS, Term, TermContext, build_term, register
+from kdistill.trainer import fit
+
+from test_pipeline import synthetic_overrides
+
+CNN_T = {"channels": [8, 16], "convs_per_stage": [1, 1]}
+CNN_S = {"channels": [4, 8], "convs_per_stage": [1, 1]}
+
+
+def _data():
+    return load_data("synthetic", val_size=60, synthetic={"n_train": 300, "n_test": 100, "num_classes": 4, "side": 8})
+
+
+def _cnn(kwargs: dict, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("cnn", (1, 8, 8), 4, kwargs)
+
+
+def _ctx(s_shape, t_shape, s="s", t="t", pool="none") -> TermContext:
+    return TermContext(s, t, tuple(s_shape), tuple(t_shape), 4, 100, 4.0, pool)
+
+
+# ----------------------------------------------------------------------------- adapters
+
+
+@pytest.mark.parametrize(
+    "s_shape, t_shape, pool",
+    [
+        ((4, 8, 8), (16, 8, 8), "none"),  # channels differ: 1x1 conv
+        ((4, 8, 8), (4, 8, 8), "none"),  # equal: identity
+        ((8, 8, 8), (16, 4, 4), "avg"),  # spatial differ: pool the larger down, then conv
+        ((12,), (20,), "none"),  # vectors: linear
+        ((4, 8, 8), (20,), "avg"),  # map vs vector: pool, then linear
+    ],
+)
+def test_adapter_makes_shapes_match(s_shape, t_shape, pool) -> None:
+    a_s, a_t = make_adapter("s.layer", s_shape, "t.layer", t_shape, pool)
+    out_s, out_t = a_s(torch.randn(3, *s_shape)), a_t(torch.randn(3, *t_shape))
+    assert out_s.shape == out_t.shape
+
+
+def test_equal_shapes_need_no_parameters() -> None:
+    a_s, a_t = make_adapter("s", (4, 8, 8), "t", (4, 8, 8))
+    assert sum(p.numel() for p in [*a_s.parameters(), *a_t.parameters()]) == 0
+
+
+def test_map_against_vector_without_pool_names_both_layers_and_the_fix() -> None:
+    with pytest.raises(AdapterError) as e:
+        make_adapter("features.6", (32, 7, 7), "features", (128,))
+    msg = str(e.value)
+    assert "features.6" in msg and "(32, 7, 7)" in msg and "'features' (128,)" in msg and "pool: avg" in msg
+
+
+def test_spatial_mismatch_without_pool_is_an_error() -> None:
+    with pytest.raises(AdapterError, match="spatial sizes differ.*pool: avg"):
+        make_adapter("a", (4, 8, 8), "b", (4, 4, 4))
+
+
+# ----------------------------------------------------------------------------- terms
+
+
+def test_fitnet_term_is_hint_loss_after_its_adapter() -> None:
+    term = build_term("fitnet", _ctx((4, 8, 8), (16, 8, 8)))
+    s, t = torch.randn(5, 4, 8, 8), torch.randn(5, 16, 8, 8)
+    torch.testing.assert_close(term(s, t, {}), hint_loss(term.adapt_s(s), t))
+    assert sum(p.numel() for p in term.parameters()) == 4 * 16 + 2 * 16  # 1x1 conv (no bias) + BatchNorm
+
+
+def test_at_term_calls_the_pure_function_with_its_option() -> None:
+    term = build_term("at", _ctx((4, 8, 8), (16, 8, 8)), {"p": 4.0})
+    s, t = torch.randn(5, 4, 8, 8), torch.randn(5, 16, 8, 8)
+    torch.testing.assert_close(term(s, t, {}), attention_transfer_loss(s, t, 4.0))
+
+
+def test_at_term_refuses_vectors() -> None:
+    with pytest.raises(AdapterError, match="feature maps"):
+        build_term("at", _ctx((12,), (12,)))
+
+
+def test_warmup_ramps_the_weight() -> None:
+    term = build_term("dkd", _ctx((4,), (4,), "logits", "logits"), weight=2.0, warmup_epochs=4)
+    assert [term.weight_at(e) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+
+
+class _Exploding(Term):
+    def loss(self, s, t, batch):  # noqa: ANN001, ANN201
+        raise AssertionError("a term with weight 0 must not be computed")
+
+
+def test_weight_zero_term_is_not_computed() -> None:
+    data = _data()
+    term = _Exploding(_ctx((4,), (4,), "logits", "logits"))
+    term.weight = 0.0
+    d = Distiller(_cnn(CNN_S), _cnn(CNN_T, 1), terms=[term])
+    batch = next(iter(BatchLoader(data.train, 16)))
+    out = d(batch)
+    assert "_Exploding" not in out.parts and torch.isfinite(out.loss)
+
+
+def test_distiller_sums_terms_and_trains_adapters_not_teacher() -> None:
+    data = _data()
+    student, teacher = _cnn(CNN_S), _cnn(CNN_T, 1)
+    ctx = _ctx((4, 8, 8), (8, 8, 8), "features.2", "features.2")
+    fitnet = build_term("fitnet", ctx, weight=3.0)
+    d = Distiller(student, teacher, T=2.0, alpha=0.5, terms=[fitnet])
+    batch = next(iter(BatchLoader(data.train, 16)))
+    d.train()
+    out = d(batch)
+    # the term's part is its weighted value, and the loss is soft + hard + the parts of the terms
+    torch.testing.assert_close(out.loss.detach(), out.parts["soft"] + out.parts["hard"] + out.parts["fitnet"])
+    s_feat = student.features[:3](batch["x"])
+    with torch.no_grad():
+        t_feat = teacher.features[:3](batch["x"])
+    torch.testing.assert_close(out.parts["fitnet"], 3.0 * hint_loss(fitnet.adapt_s(s_feat), t_feat).detach())
+    out.loss.backward()
+    assert fitnet.adapt_s[1].weight.grad is not None and student.features[0].weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())
+    assert d.extra_params() == 4 * 8 + 2 * 8
+
+
+def test_term_needing_index_fails_on_first_batch_without_it() -> None:
+    data = _data()
+    crd = build_term("crd", _ctx((16,), (16,), "features", "features"), {"negatives": 8})
+    d = Distiller(_cnn(CNN_S), _cnn(CNN_T, 1), terms=[crd])
+    batch = next(iter(BatchLoader(data.train, 16)))
+    del batch["index"]
+    with pytest.raises(ValueError, match=r"crd term .* needs batch\['index'\]"):
+        d(batch)
+
+
+# ----------------------------------------------------------------------------- config -> terms
+
+
+def _cfg(tmp_path: Path, terms: str, *extra: str):
+    return load_config(
+        None,
+        synthetic_overrides(tmp_path)
+        + ["teacher.model.arch=cnn", f"teacher.model.kwargs={CNN_T}", "student.model.arch=cnn",
+           f"student.model.kwargs={CNN_S}", f"terms={terms}", *extra],
+    )  # fmt: skip
+
+
+def test_unknown_layer_is_reported_with_close_matches(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "[{method: fitnet, layers: [[features.22, features.2]]}]")
+    data = _data()
+    with pytest.raises(ConfigError) as e:
+        make_terms(cfg, _cnn(CNN_S), _cnn(CNN_T), data)
+    msg = str(e.value)
+    assert "terms[0] (fitnet)" in msg and "features.22" in msg and "features.2" in msg
+
+
+def test_layer_list_builds_one_term_per_pair(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "[{method: at, layers: [[features.2, features.2], [features.6, features.6]]}]")
+    terms = make_terms(cfg, _cnn(CNN_S), _cnn(CNN_T), _data())
+    assert [(t.student_layer, t.teacher_layer) for t in terms] == [("features.2", "features.2"),
+                                                                    ("features.6", "features.6")]  # fmt: skip
+
+
+def test_label_reading_term_on_unlabelled_transfer_set_fails_before_training(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "[{method: dkd}]", "data.labelled=40", "kd.transfer=all")
+    data = load_data("synthetic", val_size=60, labelled=40, transfer="all",
+                     synthetic={"n_train": 400, "n_test": 200, "num_classes": 4, "side": 8})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"terms\[0\] \(dkd\) reads every sample's label.*unlabelled"):
+        make_terms(cfg, _cnn(CNN_S), _cnn(CNN_T), data)
+
+
+def test_shape_error_reaches_the_user_before_training(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "[{method: fitnet, layers: [[features.2, features]]}]")
+    with pytest.raises(ConfigError, match=r"terms\[0\] \(fitnet\).*pool: avg"):
+        run_experiment(cfg)
+    assert not list((tmp_path / "syn").glob("kd-seed*/last.pt"))
+
+
+def test_run_with_terms_saves_adapters_and_counts_extra_params(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "[{method: fitnet, layers: [[features.2, features.2]]}, {method: dkd, warmup_epochs: 2}]",
+               "roles=[kd]", "seeds=[0]")  # fmt: skip
+    summary = run_experiment(cfg)
+    kd = [r for r in summary["rows"] if r["role"] == "kd"][0]
+    assert kd["extra_params"] == 4 * 8 + 2 * 8
+    ckpt = torch.load(tmp_path / "syn" / "kd-seed0" / "last.pt", weights_only=True)
+    assert any(k.startswith("terms.0.adapt_s") for k in ckpt["objective_state"])
+    assert not any(k.startswith(("model.", "teacher.")) for k in ckpt["objective_state"])
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "syn" / "kd-seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert {"train_fitnet", "train_dkd"} <= set(rows[0])
+
+
+def test_a_new_method_needs_only_a_function_and_a_term(tmp_path: Path) -> None:
+    def l1_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # 1. the pure function
+        return (s - t).abs().mean()
+
+    @register("l1_logits")  # 2. the term
+    class L1(Term):
+        default_layers = ("logits", "logits")
+
+        def loss(self, s, t, batch):  # noqa: ANN001, ANN201
+            return l1_loss(s, t)
+
+    try:
+        cfg = _cfg(tmp_path, "[{method: l1_logits, weight: 0.5}]", "roles=[kd]", "seeds=[0]")  # 3. the config
+        summary = run_experiment(cfg)
+        assert [r["role"] for r in summary["rows"]] == ["teacher", "kd"]
+    finally:
+        TERMS.pop("l1_logits")
