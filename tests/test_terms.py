@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,6 @@ from kdistill.losses import attention_transfer_loss, hint_loss
 from kdistill.models import build_model
 from kdistill.pipeline import make_terms, run_experiment
 from kdistill.terms import TERMS, Term, TermContext, build_term, register
-from kdistill.trainer import fit
-
 from test_pipeline import synthetic_overrides
 
 CNN_T = {"channels": [8, 16], "convs_per_stage": [1, 1]}
@@ -197,7 +196,6 @@ def test_run_with_terms_saves_adapters_and_counts_extra_params(tmp_path: Path) -
     ckpt = torch.load(tmp_path / "syn" / "kd-seed0" / "last.pt", weights_only=True)
     assert any(k.startswith("terms.0.adapt_s") for k in ckpt["objective_state"])
     assert not any(k.startswith(("model.", "teacher.")) for k in ckpt["objective_state"])
-    import json
 
     rows = [json.loads(line) for line in (tmp_path / "syn" / "kd-seed0" / "metrics.jsonl").read_text().splitlines()]
     assert {"train_fitnet", "train_dkd"} <= set(rows[0])
