@@ -218,3 +218,25 @@ def test_a_new_method_needs_only_a_function_and_a_term(tmp_path: Path) -> None:
         assert [r["role"] for r in summary["rows"]] == ["teacher", "kd"]
     finally:
         TERMS.pop("l1_logits")
+
+
+def test_cached_teacher_layers_equal_the_online_teacher_after_shuffling() -> None:
+    from kdistill.distiller import LogitCache
+
+    data = _data()
+    teacher = _cnn(CNN_T, 1)
+    cache = LogitCache.build(teacher, BatchLoader(data.train, 50), int(data.train.index.max()) + 1, 4, ["features.2"])
+    ctx = _ctx((4, 8, 8), (8, 8, 8), "features.2", "features.2")
+    student = _cnn(CNN_S)
+    term = build_term("fitnet", ctx)
+    online = Distiller(student, teacher, terms=[term])
+    cached = Distiller(student, teacher, terms=[term], cache=cache)
+    online.eval()  # same student forward (BatchNorm in eval) for both
+    cached.eval()
+    batch = next(iter(BatchLoader(data.train, 32, shuffle=True, seed=3)))
+    a, b = online(batch), cached(batch)
+    torch.testing.assert_close(a.loss, b.loss)
+    torch.testing.assert_close(a.parts["fitnet"], b.parts["fitnet"])
+    with pytest.raises(ValueError, match="holds no outputs of teacher layers"):
+        Distiller(student, teacher, terms=[build_term("at", _ctx((4, 8, 8), (16, 4, 4), "features.2", "features.6"))],
+                  cache=cache)  # fmt: skip

@@ -60,16 +60,20 @@ class FrozenTeacher(nn.Module):
 
 
 class LogitCache:
-    """Teacher logits stored per sample, keyed by ``batch["index"]``.
+    """Teacher outputs stored per sample, keyed by ``batch["index"]``: logits, and optionally layers.
 
     Valid only when the student sees exactly the inputs the teacher saw (no random augmentation); the
     pipeline falls back to running the teacher online otherwise. Rows are addressed by the sample's
     index in its original split, so shuffling, subsets and transfer sets all find the right row.
+    ``feats`` holds captured teacher layers (``{spec: (size, ...)}``) for terms that read them.
     """
 
-    def __init__(self, logits: torch.Tensor, filled: torch.Tensor) -> None:
+    def __init__(
+        self, logits: torch.Tensor, filled: torch.Tensor, feats: dict[str, torch.Tensor] | None = None
+    ) -> None:
         self.logits = logits
         self.filled = filled
+        self.feats = dict(feats or {})
 
     @classmethod
     @torch.no_grad()
@@ -79,18 +83,37 @@ class LogitCache:
         batches: Iterable[Batch],
         size: int,
         num_classes: int,
+        layers: Sequence[str] = (),
     ) -> LogitCache:
         logits = torch.zeros(size, num_classes)
         filled = torch.zeros(size, dtype=torch.bool)
-        was_training = teacher.training
-        teacher.eval()
-        for b in batches:
-            logits[b["index"]] = teacher(b["x"]).float()
-            filled[b["index"]] = True
-        teacher.train(was_training)
-        return cls(logits, filled)
+        feats: dict[str, torch.Tensor] = {}
+        model = teacher.model if isinstance(teacher, FrozenTeacher) else teacher
+        was_training = model.training
+        model.eval()
+        tap = Tapped(model, list(layers)) if layers else None
+        try:
+            for b in batches:
+                if tap is None:
+                    out = model(b["x"])
+                else:
+                    out, captured = tap(b["x"])
+                    for name, v in captured.items():
+                        if name not in feats:
+                            feats[name] = torch.zeros(size, *v.shape[1:])
+                        feats[name][b["index"]] = v.float()
+                logits[b["index"]] = out.float()
+                filled[b["index"]] = True
+        finally:
+            if tap is not None:
+                tap.close()
+            model.train(was_training)
+        return cls(logits, filled, feats)
 
-    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [self.logits, *self.feats.values()])
+
+    def _check(self, index: torch.Tensor) -> None:
         n = self.logits.shape[0]
         # Negative indices would silently wrap around to another sample's row: refuse them.
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
@@ -99,7 +122,14 @@ class LogitCache:
         if not bool(self.filled[index].all()):
             missing = index[~self.filled[index]][:5].tolist()
             raise KeyError(f"teacher logit cache has no entry for sample indices {missing}")
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        self._check(index)
         return self.logits[index]
+
+    def features(self, index: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        self._check(index)
+        return {n: self.feats[n][index] for n in names}
 
 
 class Supervised(nn.Module):
@@ -151,19 +181,18 @@ class Distiller(nn.Module):
         self.epoch = 0
         s_layers = [t.student_layer for t in terms if t.student_layer != LOGITS]
         t_layers = [t.teacher_layer for t in terms if t.teacher_layer != LOGITS]
-        if cache is not None and t_layers:
+        missing = sorted(set(t_layers) - set(cache.feats)) if cache is not None else []
+        if missing:
             raise ValueError(
-                f"a logit cache cannot serve teacher layers {sorted(set(t_layers))}; run the teacher online "
-                "(cache=None) when a term reads teacher features"
+                f"the teacher cache holds no outputs of teacher layers {missing}; build it with "
+                f"LogitCache.build(..., layers={sorted(set(t_layers))}) or run the teacher online (cache=None)"
             )
+        self.t_layers = sorted(set(t_layers))
         # Kept out of the module tree (plain attributes): they wrap the same student and teacher, whose
         # parameters and state_dict entries are already registered above.
         self.__dict__["_s_tap"] = Tapped(student, s_layers) if s_layers else None
-        self.__dict__["_t_tap"] = Tapped(self.teacher.model, t_layers) if t_layers else None
-
-    @property
-    def reads_teacher_features(self) -> bool:
-        return self._t_tap is not None
+        online = t_layers and cache is None
+        self.__dict__["_t_tap"] = Tapped(self.teacher.model, t_layers) if online else None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the training loop at the start of each epoch (term weight schedules)."""
@@ -195,8 +224,10 @@ class Distiller(nn.Module):
         if self._t_tap is not None:
             with torch.no_grad():
                 t_logits, t_feats = self._t_tap(x)
+        elif self.cache is not None:
+            t_logits, t_feats = self.cache(batch["index"]), self.cache.features(batch["index"], self.t_layers)
         else:
-            t_logits, t_feats = self.teacher_logits(batch), {}
+            t_logits, t_feats = self.teacher(x), {}
         s_feats[LOGITS], t_feats[LOGITS] = logits, t_logits
         parts = kd_loss_parts(logits, t_logits, batch["y"], self.T, self.alpha)
         loss = parts.pop("loss")

@@ -161,11 +161,14 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
     # With augmentation a per-index cache would freeze one view, so the teacher then runs online.
     cache = None
     augmented = cfg.student.train.augment.shift > 0 or cfg.student.train.augment.flip
-    if not augmented and "kd" in cfg.roles and not _terms_read_teacher_layers(cfg):
+    if not augmented and "kd" in cfg.roles:
         t0 = time.perf_counter()
         ts = data.transfer_set
-        cache = LogitCache.build(teacher, BatchLoader(ts, 1000), int(ts.index.max()) + 1, data.num_classes)
-        log(f"teacher logits cached for {len(ts)} transfer images in {time.perf_counter() - t0:.1f}s")
+        layers = _teacher_layers(cfg)
+        cache = LogitCache.build(teacher, BatchLoader(ts, 500), int(ts.index.max()) + 1, data.num_classes, layers)
+        what = "logits" + (f" and layers {', '.join(layers)}" if layers else "")
+        log(f"teacher {what} cached for {len(ts)} transfer images in {time.perf_counter() - t0:.1f}s "
+            f"({cache.nbytes() / 2**20:.0f} MiB)")  # fmt: skip
 
     spec = cfg.student.model.model_dump()
     for seed in cfg.seeds:
@@ -197,8 +200,10 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
     return write_summary(run_dir, cfg, rows, smoke=smoke)
 
 
-def _terms_read_teacher_layers(cfg: ExperimentConfig) -> bool:
-    return any(t != LOGITS for tc in cfg.terms if tc.weight > 0 for _, t in layer_pairs(tc.method, tc.layers))
+def _teacher_layers(cfg: ExperimentConfig) -> list[str]:
+    """Teacher layers that the config's active terms read (cached alongside the logits)."""
+    names = {t for tc in cfg.terms if tc.weight > 0 for _, t in layer_pairs(tc.method, tc.layers)}
+    return sorted(names - {LOGITS})
 
 
 def make_terms(cfg: ExperimentConfig, student: nn.Module, teacher: nn.Module, data: DataBundle) -> list[Term]:
