@@ -51,7 +51,7 @@ def main() -> None:
     teacher = FrozenTeacher(teacher)
 
     t0 = time.perf_counter()
-    cache = LogitCache.build(teacher, BatchLoader(data.train, 1000), int(data.train.index.max()) + 1, data.num_classes)
+    cache = LogitCache.build(teacher, BatchLoader(data.train, 1000))
     cache_seconds = time.perf_counter() - t0
 
     train_cfg = cfg.student.train.model_copy(update={"epochs": 1, "steps": None})

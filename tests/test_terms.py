@@ -225,7 +225,7 @@ def test_cached_teacher_layers_equal_the_online_teacher_after_shuffling() -> Non
 
     data = _data()
     teacher = _cnn(CNN_T, 1)
-    cache = LogitCache.build(teacher, BatchLoader(data.train, 50), int(data.train.index.max()) + 1, 4, ["features.2"])
+    cache = LogitCache.build(teacher, BatchLoader(data.train, 50), ["features.2"])
     ctx = _ctx((4, 8, 8), (8, 8, 8), "features.2", "features.2")
     student = _cnn(CNN_S)
     term = build_term("fitnet", ctx)

@@ -259,21 +259,43 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: sections merge key by key, any other value (lists too) replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as plain data. ``base: other.yaml`` (relative to this file) is read first and this
+    file's keys are merged over it, so a method config states only what differs from its scenario."""
+    if not path.is_file():
+        where = f" (the base of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file {path} not found{where}")
+    if path.resolve() in _chain:
+        raise ConfigError(f"config {path}: `base` chain loops: {' -> '.join(map(str, (*_chain, path)))}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `base` must be a file name relative to this config, got {base!r}")
+    return _merge(read_yaml(path.parent / base, (*_chain, path.resolve())), raw)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config, apply dotted overrides, validate. Raises :class:`ConfigError`."""
+    """Read a YAML config (and its ``base``), apply dotted overrides, validate. Raises :class:`ConfigError`."""
     raw: Any = {}
     source = "defaults"
     if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of keys, got {type(raw).__name__}")
+        source = str(path)
+        raw = read_yaml(Path(path))
     if overrides:
         raw = apply_overrides(raw, overrides)
         source += " + overrides " + " ".join(overrides)

@@ -64,34 +64,33 @@ class LogitCache:
 
     Valid only when the student sees exactly the inputs the teacher saw (no random augmentation); the
     pipeline falls back to running the teacher online otherwise. Rows are addressed by the sample's
-    index in its original split, so shuffling, subsets and transfer sets all find the right row.
-    ``feats`` holds captured teacher layers (``{spec: (size, ...)}``) for terms that read them.
+    index in its original split, so shuffling, subsets and transfer sets all find the right row; a
+    lookup table maps index to row, so a sparse subset costs memory for its own rows only.
+    ``feats`` holds captured teacher layers (``{spec: (n, ...)}``) for terms that read them.
     """
 
-    def __init__(
-        self, logits: torch.Tensor, filled: torch.Tensor, feats: dict[str, torch.Tensor] | None = None
-    ) -> None:
+    def __init__(self, logits: torch.Tensor, index: torch.Tensor, feats: dict[str, torch.Tensor] | None = None) -> None:
+        if index.dim() != 1 or len(index) != len(logits) or len(index.unique()) != len(index):
+            raise ValueError(f"LogitCache needs one distinct index per row: logits {tuple(logits.shape)}, "
+                             f"index {tuple(index.shape)}")  # fmt: skip
         self.logits = logits
-        self.filled = filled
+        self.index = index
         self.feats = dict(feats or {})
+        self.rows = torch.full((int(index.max()) + 1 if len(index) else 0,), -1, dtype=torch.long)
+        self.rows[index] = torch.arange(len(index))
+
+    def __len__(self) -> int:
+        return len(self.index)
 
     @classmethod
     @torch.no_grad()
-    def build(
-        cls,
-        teacher: nn.Module,
-        batches: Iterable[Batch],
-        size: int,
-        num_classes: int,
-        layers: Sequence[str] = (),
-    ) -> LogitCache:
-        logits = torch.zeros(size, num_classes)
-        filled = torch.zeros(size, dtype=torch.bool)
-        feats: dict[str, torch.Tensor] = {}
+    def build(cls, teacher: nn.Module, batches: Iterable[Batch], layers: Sequence[str] = ()) -> LogitCache:
+        """Run the teacher (eval mode) once over ``batches``; ``layers`` are teacher layers to keep too."""
         model = teacher.model if isinstance(teacher, FrozenTeacher) else teacher
         was_training = model.training
         model.eval()
         tap = Tapped(model, list(layers)) if layers else None
+        logits, index, feats = [], [], {name: [] for name in layers}
         try:
             for b in batches:
                 if tap is None:
@@ -99,37 +98,36 @@ class LogitCache:
                 else:
                     out, captured = tap(b["x"])
                     for name, v in captured.items():
-                        if name not in feats:
-                            feats[name] = torch.zeros(size, *v.shape[1:])
-                        feats[name][b["index"]] = v.float()
-                logits[b["index"]] = out.float()
-                filled[b["index"]] = True
+                        feats[name].append(v.float())
+                logits.append(out.float())
+                index.append(b["index"])
         finally:
             if tap is not None:
                 tap.close()
             model.train(was_training)
-        return cls(logits, filled, feats)
+        return cls(torch.cat(logits), torch.cat(index), {n: torch.cat(v) for n, v in feats.items()})
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in [self.logits, *self.feats.values()])
+        return sum(t.numel() * t.element_size() for t in [self.logits, self.rows, *self.feats.values()])
 
-    def _check(self, index: torch.Tensor) -> None:
-        n = self.logits.shape[0]
+    def _rows(self, index: torch.Tensor) -> torch.Tensor:
+        n = len(self.rows)
         # Negative indices would silently wrap around to another sample's row: refuse them.
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
             bad = index[(index < 0) | (index >= n)][:5].tolist()
-            raise KeyError(f"sample indices {bad} are outside the teacher logit cache (size {n})")
-        if not bool(self.filled[index].all()):
-            missing = index[~self.filled[index]][:5].tolist()
+            raise KeyError(f"sample indices {bad} are outside the teacher logit cache (indices 0..{n - 1})")
+        rows = self.rows[index]
+        if bool((rows < 0).any()):
+            missing = index[rows < 0][:5].tolist()
             raise KeyError(f"teacher logit cache has no entry for sample indices {missing}")
+        return rows
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
-        self._check(index)
-        return self.logits[index]
+        return self.logits[self._rows(index)]
 
     def features(self, index: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
-        self._check(index)
-        return {n: self.feats[n][index] for n in names}
+        rows = self._rows(index)
+        return {n: self.feats[n][rows] for n in names}
 
 
 class Supervised(nn.Module):

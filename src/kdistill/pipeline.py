@@ -165,7 +165,7 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
         t0 = time.perf_counter()
         ts = data.transfer_set
         layers = _teacher_layers(cfg)
-        cache = LogitCache.build(teacher, BatchLoader(ts, 500), int(ts.index.max()) + 1, data.num_classes, layers)
+        cache = LogitCache.build(teacher, BatchLoader(ts, 500), layers)
         what = "logits" + (f" and layers {', '.join(layers)}" if layers else "")
         log(f"teacher {what} cached for {len(ts)} transfer images in {time.perf_counter() - t0:.1f}s "
             f"({cache.nbytes() / 2**20:.0f} MiB)")  # fmt: skip
