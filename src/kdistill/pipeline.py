@@ -194,7 +194,7 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
             save_model(student, spec, data, out / "weights.pt", role=role, seed=seed, best_epoch=res.best_epoch)
             ev = evaluate(student, data.test)
             rows.append(_row(role, seed, student, spec["arch"], ev, res.train_seconds, best_epoch=res.best_epoch,
-                             val_acc=res.best_val_acc, **extra))  # fmt: skip
+                             val_acc=res.best_val_acc, steps=res.steps, **extra))  # fmt: skip
             log(f"{role} seed {seed}: test acc {ev.acc:.4f} ({ev.errors} errors), {res.train_seconds:.0f}s")
 
     return write_summary(run_dir, cfg, rows, smoke=smoke)

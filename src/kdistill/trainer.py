@@ -130,6 +130,7 @@ class FitResult:
     best_val_acc: float
     train_seconds: float
     history: list[dict]
+    steps: int = 0  # optimizer steps taken (seconds per step compares objectives across set sizes)
 
 
 def fit(
@@ -230,7 +231,7 @@ def fit(
     model.load_state_dict(best_state)
     if out_dir is not None:
         write_metrics_csv(history, out_dir / "metrics.csv")
-    return FitResult(best_epoch, best_acc, seconds, history)
+    return FitResult(best_epoch, best_acc, seconds, history, steps=cfg.epochs * len(loader))
 
 
 def objective_state(objective: nn.Module) -> dict[str, torch.Tensor]:
