@@ -76,7 +76,7 @@ def run_scenario(scenario: str, seeds: list[int], threads: int, out: Path, smoke
 
     scratch_acc, _ = _stats(rows_by["scratch"], "test_acc")
     kd_acc, _ = _stats(rows_by["kd (vanilla)"], "test_acc")
-    scratch_step = _per_step(rows_by["scratch"])
+    scratch_step = max(_per_step(rows_by["scratch"]), 1e-9)
     table = []
     for name, rows in rows_by.items():
         mean, std = _stats(rows, "test_acc")
@@ -84,7 +84,7 @@ def run_scenario(scenario: str, seeds: list[int], threads: int, out: Path, smoke
         table.append({
             "method": name, "loss": described[name], "n": len(rows), "test_acc_mean": mean, "test_acc_std": std,
             "delta_scratch": mean - scratch_acc, "delta_kd": mean - kd_acc, "gap_recovered": gap,
-            "extra_params": int(rows[0].get("extra_params", 0)), "step_time_ratio": _per_step(rows) / max(scratch_step, 1e-9),
+            "extra_params": int(rows[0].get("extra_params", 0)), "step_time_ratio": _per_step(rows) / scratch_step,
         })  # fmt: skip
     result = {"scenario": scenario, "base": SCENARIOS[scenario], "seeds": seeds, "threads": threads, "smoke": smoke,
               "teacher_test_acc": teacher_acc, "wall_seconds": time.perf_counter() - t0, "table": table,

@@ -171,3 +171,43 @@ def test_to_yaml_round_trips(tmp_path: Path) -> None:
     # The defaults round-trip too.
     p.write_text(ExperimentConfig().to_yaml())
     assert load_config(p) == ExperimentConfig()
+
+
+# ----------------------------------------------------------------------------- base: inheritance
+
+
+def test_base_config_is_merged_under_the_file(tmp_path: Path) -> None:
+    (tmp_path / "scenario.yaml").write_text(
+        "name: scenario\nseeds: [0, 1, 2]\nkd: {T: 2.0, alpha: 0.5}\nstudent: {train: {epochs: 16, lr: 0.05}}\n"
+    )
+    (tmp_path / "method.yaml").write_text(
+        "base: scenario.yaml\nname: method\nseeds: [5]\nstudent: {train: {epochs: 3}}\n"
+        "terms: [{method: dkd, warmup_epochs: 2}]\n"
+    )
+    cfg = load_config(tmp_path / "method.yaml")
+    assert cfg.name == "method" and cfg.seeds == [5]  # lists and values replace
+    assert cfg.kd.T == 2.0 and cfg.student.train.lr == 0.05  # untouched keys come from the base
+    assert cfg.student.train.epochs == 3  # sections merge key by key
+    assert cfg.terms[0].method == "dkd"
+    assert "base" not in cfg.to_yaml()
+
+
+def test_base_loop_and_missing_base_are_errors(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="chain loops"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere.yaml not found \(the base of"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_unknown_term_key_suggests_the_right_one() -> None:
+    with pytest.raises(ConfigError, match=r"terms.0.wieght: unknown key; did you mean 'terms.0.weight'"):
+        load_config(None, ["terms=[{method: dkd, wieght: 2}]"])
+    with pytest.raises(ConfigError, match=r"unknown method 'atx'; did you mean 'at'"):
+        load_config(None, ["terms=[{method: atx, layers: [[a, b]]}]"])
+    with pytest.raises(ConfigError, match=r"dkd has no option 'betta'; did you mean 'beta'"):
+        load_config(None, ["terms=[{method: dkd, options: {betta: 2}}]"])
+    with pytest.raises(ConfigError, match=r"fitnet needs `layers`"):
+        load_config(None, ["terms=[{method: fitnet}]"])

@@ -133,3 +133,13 @@ def test_cli_config_typo_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["run", str(cfg_file)]) == 2
     err = capsys.readouterr().err
     assert "kd.temperature" in err and "unknown key" in err
+
+
+def test_cli_accepts_overrides_after_options(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("roles: [scratch]\n")
+    args = ["run", str(cfg_file), "--smoke", *synthetic_overrides(tmp_path, "cli"), "seeds=[0]"]
+    assert main(args) == 0
+    assert (tmp_path / "cli-smoke" / "summary.json").is_file()
+    with pytest.raises(SystemExit):
+        main(["run", str(cfg_file), "--smok"])

@@ -62,12 +62,16 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="train/load the teacher, then scratch, KD and label-smoothing students")
+    p = sub.add_parser(
+        "run", allow_abbrev=False, help="train/load the teacher, then scratch, KD and label-smoothing students"
+    )
     p.add_argument("config", help="YAML experiment config, e.g. configs/fashion_mnist/hinton.yaml")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. kd.T=8 seeds=[0,1]")
     p.add_argument("--smoke", action="store_true", help="a few hundred samples, one epoch: checks a config in seconds")
     p.set_defaults(func=_cmd_run)
-    p = sub.add_parser("layers", help="list a model's layers: dotted name, type, output shape, parameters")
+    p = sub.add_parser(
+        "layers", allow_abbrev=False, help="list a model's layers: dotted name, type, output shape, parameters"
+    )
     p.add_argument("model", metavar="MODEL_SPEC", help="mlp, cnn or a user factory package.module:factory")
     p.add_argument("--input-shape", required=True, help="input shape with the batch dim, e.g. 1,1,28,28")
     p.add_argument("--num-classes", type=int, default=10)
