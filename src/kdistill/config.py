@@ -92,6 +92,14 @@ class KDConfig(_Strict):
         description="inputs that get soft targets: the labelled set, or every training image "
         "(labels outside data.labelled are removed)",
     )
+    exclude_classes: list[int | str] = Field(
+        default_factory=list,
+        description="classes (numbers or names) left out of every student's training set and of the KD "
+        "transfer set (Hinton's omitted-3 experiment); the teacher still knows them",
+    )
+    bias_shift: float | None = Field(
+        None, description="also report a fixed shift added to the left-out classes' logits (Hinton used 3.5)"
+    )
 
 
 class LabelSmoothingConfig(_Strict):

@@ -18,7 +18,7 @@ import shutil
 import struct
 import tempfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,6 +204,7 @@ class DataBundle:
     student_train: Split | None = None  # labelled subset (few-labels runs); None = train
     transfer: Split | None = None  # inputs that get soft targets; None = student_train
     extra: dict = field(default_factory=dict)
+    excluded_classes: list[int] = field(default_factory=list)  # left out of the students' training sets
 
     @property
     def student_labelled(self) -> Split:
@@ -283,6 +284,7 @@ def load_data(
     limit_train: int | None = None,
     limit_test: int | None = None,
     synthetic: dict | None = None,
+    exclude_classes: Sequence[int | str] = (),
 ) -> DataBundle:
     """Load a dataset and carve the splits.
 
@@ -290,7 +292,9 @@ def load_data(
     for tuning). ``labelled`` (optional) keeps labels for only that many stratified training images:
     the scratch and label-smoothing students see those alone. ``transfer="all"`` gives the KD student
     soft targets on *every* training image, with the labels of the unlabelled part removed.
-    ``limit_*`` shrink the splits (the ``--smoke`` mode).
+    ``limit_*`` shrink the splits (the ``--smoke`` mode). ``exclude_classes`` (numbers or names) are
+    removed from the students' labelled set and from the transfer set, by their true labels (also
+    where the transfer set hides them); train (the teacher's), validation and test keep them.
     """
     if name == "fashion_mnist":
         arrays = load_fashion_arrays(root, download)
@@ -338,6 +342,19 @@ def load_data(
     elif transfer not in ("all", "labelled"):
         raise DataError(f"kd.transfer={transfer!r}: choose 'labelled' or 'all'")
 
+    excluded = resolve_classes(exclude_classes, classes)
+    if excluded:
+        # True labels by sample index, also for rows whose label the transfer set hides.
+        true_y = torch.full((int(full.index.max()) + 1,), -1, dtype=torch.long)
+        true_y[full.index] = full.y
+
+        def without(split: Split) -> Split:
+            return split.take(~torch.isin(true_y[split.index], torch.tensor(excluded)))
+
+        labelled_part = without(student_train if student_train is not None else train)
+        transfer_set = without(transfer_set if transfer_set is not None else labelled_part)
+        student_train = labelled_part
+
     return DataBundle(
         train=train,
         val=val,
@@ -349,7 +366,24 @@ def load_data(
         fingerprint=_fingerprint(full.x[:64], full.y, test.y, val.index),
         student_train=student_train,
         transfer=transfer_set,
+        excluded_classes=excluded,
     )
+
+
+def resolve_classes(spec: Sequence[int | str], class_names: Sequence[str]) -> list[int]:
+    """Class numbers from numbers or names (``[3]`` or ``["Dress"]``); unknown ones are a DataError."""
+    out: list[int] = []
+    for c in spec:
+        if isinstance(c, str) and c in class_names:
+            out.append(list(class_names).index(c))
+        elif isinstance(c, int) and 0 <= c < len(class_names):
+            out.append(c)
+        else:
+            listed = ", ".join(f"{i}={n}" for i, n in enumerate(class_names))
+            raise DataError(f"kd.exclude_classes: class {c!r} does not exist; the classes are {listed}")
+    if len(set(out)) == len(class_names):
+        raise DataError("kd.exclude_classes leaves no class to train on")
+    return sorted(set(out))
 
 
 # ----------------------------------------------------------------------------- loader

@@ -31,7 +31,8 @@ from kdistill.models import build_model, count_params, load_state_strict
 from kdistill.report import write_summary
 from kdistill.taps import LayerError, probe_shapes
 from kdistill.terms import LOGITS, Term, TermContext, TermError, build_term, get_method, layer_pairs
-from kdistill.trainer import evaluate, fit
+from kdistill.trainer import evaluate, fit, predict
+from kdistill.transfer import class_accuracy, label_free_shift, shift_logits
 
 MODEL_FORMAT = "kdistill-model/1"
 SMOKE = {"limit_train": 800, "limit_test": 500, "val_size": 200, "epochs": 1, "labelled": 200}
@@ -143,7 +144,7 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
         cfg.data.name, root=cfg.data.root, download=cfg.data.download, val_size=cfg.data.val_size,
         labelled=cfg.data.labelled, transfer=cfg.kd.transfer, split_seed=cfg.data.split_seed,
         limit_train=SMOKE["limit_train"] if smoke else None, limit_test=SMOKE["limit_test"] if smoke else None,
-        synthetic=cfg.data.synthetic,
+        synthetic=cfg.data.synthetic, exclude_classes=cfg.kd.exclude_classes,
     )  # fmt: skip
     log(
         f"data: {data.name} train {len(data.train)}, val {len(data.val)}, test {len(data.test)}; student labels "
@@ -193,11 +194,33 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
             )
             save_model(student, spec, data, out / "weights.pt", role=role, seed=seed, best_epoch=res.best_epoch)
             ev = evaluate(student, data.test)
+            if data.excluded_classes:
+                extra.update(left_out_report(student, teacher, data, cfg.kd.bias_shift))
             rows.append(_row(role, seed, student, spec["arch"], ev, res.train_seconds, best_epoch=res.best_epoch,
                              val_acc=res.best_val_acc, steps=res.steps, **extra))  # fmt: skip
             log(f"{role} seed {seed}: test acc {ev.acc:.4f} ({ev.errors} errors), {res.train_seconds:.0f}s")
 
     return write_summary(run_dir, cfg, rows, smoke=smoke)
+
+
+def left_out_report(student: nn.Module, teacher: nn.Module, data: DataBundle, fixed: float | None) -> dict:
+    """Accuracy on the left-out classes and overall, raw and with their logits' bias corrected.
+
+    The label-free shift is estimated on the validation *images* (their labels are not read); test
+    labels are only used to score, as for every other number in the summary.
+    """
+    classes = data.excluded_classes
+    test_logits = predict(student, data.test)
+    s_val, t_val = predict(student, data.val), predict(teacher, data.val)
+    shifts = [label_free_shift(s_val, t_val, c) for c in classes]
+    out: dict[str, Any] = {"left_out": classes, "left_out_acc": class_accuracy(test_logits, data.test.y, classes),
+                           "label_free_shift": [round(b, 3) for b in shifts]}  # fmt: skip
+    variants = {"label_free": shifts} | ({"fixed_shift": [fixed] * len(classes)} if fixed is not None else {})
+    for name, shift in variants.items():
+        corrected = shift_logits(test_logits, classes, shift)
+        out[f"{name}_test_acc"] = float((corrected.argmax(1) == data.test.y).float().mean())
+        out[f"{name}_left_out_acc"] = class_accuracy(corrected, data.test.y, classes)
+    return out
 
 
 def _teacher_layers(cfg: ExperimentConfig) -> list[str]:

@@ -13,6 +13,8 @@ from typing import Any
 from kdistill.io import atomic_write_text
 
 ROLE_ORDER = ["teacher", "scratch", "kd", "label_smoothing"]
+LEFT_OUT_KEYS = ("left_out_acc", "label_free_left_out_acc", "label_free_test_acc", "fixed_shift_left_out_acc",
+                 "fixed_shift_test_acc")  # fmt: skip
 
 
 def aggregate(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -23,8 +25,8 @@ def aggregate(rows: list[dict]) -> dict[str, dict[str, float]]:
         if not rs:
             continue
         agg: dict[str, float] = {"n": len(rs), "params": rs[0]["params"]}
-        for key in ("test_acc", "test_errors", "test_nll", "val_acc", "train_seconds"):
-            vals = [float(r[key]) for r in rs if r.get(key) is not None]
+        for key in ("test_acc", "test_errors", "test_nll", "val_acc", "train_seconds", *LEFT_OUT_KEYS):
+            vals = [float(r[key]) for r in rs if r.get(key) is not None and not math.isnan(float(r[key]))]
             if vals:
                 agg[f"{key}_mean"] = statistics.fmean(vals)
                 agg[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -82,6 +84,7 @@ def summary_markdown(summary: dict) -> str:
             lines.append(f"- The student has {c:.1f}× fewer parameters than the teacher.")
         else:
             lines.append(f"- The student has {1 / c:.1f}× more parameters than the teacher.")
+    lines += _left_out_markdown(summary)
     lines += ["", "## Every model", "", "| role | seed | test acc % | errors | NLL | best epoch | train s |",
               "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in summary["rows"]:
@@ -91,6 +94,35 @@ def summary_markdown(summary: dict) -> str:
         )
     lines += ["", f"Reproduce: `{summary['command']}`", "", "![curves](curves.png)", ""]
     return "\n".join(lines)
+
+
+def _left_out_markdown(summary: dict) -> list[str]:
+    """The transfer-set experiment: classes no student trained on, raw and with their bias corrected."""
+    agg, cfg = summary["aggregate"], summary["config"]
+    rows = [(role, a) for role, a in agg.items() if "left_out_acc_mean" in a]
+    if not rows:
+        return []
+    fixed = cfg["kd"].get("bias_shift")
+    head = "| role | left-out classes: acc % | overall acc % | label-free: left-out % | label-free: overall % |"
+    sep = "|---|---:|---:|---:|---:|"
+    if fixed is not None:
+        head += f" shift +{fixed:g}: left-out % | shift +{fixed:g}: overall % |"
+        sep += "---:|---:|"
+    lines = ["", f"## Left out of the transfer set: classes {cfg['kd']['exclude_classes']}", "",
+             "No student saw a training image of these classes; the teacher did. The label-free correction shifts "
+             "their logits until the student's mean predicted probability of each on the validation images (pixels "
+             "only, no labels) matches the teacher's.", "", head, sep]  # fmt: skip
+
+    def cell(a: dict, key: str) -> str:
+        return f"{_pct(a[key + '_mean'])} ± {_pct(a[key + '_std'])}" if key + "_mean" in a else "–"
+
+    for role, a in rows:
+        line = f"| {role} | {cell(a, 'left_out_acc')} | {cell(a, 'test_acc')} | {cell(a, 'label_free_left_out_acc')} "
+        line += f"| {cell(a, 'label_free_test_acc')} |"
+        if fixed is not None:
+            line += f" {cell(a, 'fixed_shift_left_out_acc')} | {cell(a, 'fixed_shift_test_acc')} |"
+        lines.append(line)
+    return lines
 
 
 def plot_curves(run_dir: Path, out: Path) -> bool:
