@@ -154,6 +154,11 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
     teacher = FrozenTeacher(t.model)
     rows: list[dict] = []
     te = evaluate(teacher, data.test)
+    # Predictions are kept so that reports (soft targets, dark knowledge, calibration) are drawn from
+    # files, never recomputed from logs: the teacher's on validation and test, each student's on test.
+    atomic_save({"test_logits": predict(teacher, data.test), "val_logits": predict(teacher, data.val),
+                 "test_labels": data.test.y, "val_labels": data.val.y, "class_names": data.class_names},
+                run_dir / "teacher" / "predictions.pt")  # fmt: skip
     rows.append(_row("teacher", cfg.seeds[0], t.model, cfg.teacher.model.arch, te, t.train_seconds, source=t.source,
                      weights=str(t.path), val_acc=evaluate(teacher, data.val).acc))  # fmt: skip
     log(f"teacher: test acc {te.acc:.4f} ({te.errors} errors)")
@@ -194,6 +199,7 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
             )
             save_model(student, spec, data, out / "weights.pt", role=role, seed=seed, best_epoch=res.best_epoch)
             ev = evaluate(student, data.test)
+            atomic_save({"test_logits": predict(student, data.test)}, out / "predictions.pt")
             if data.excluded_classes:
                 extra.update(left_out_report(student, teacher, data, cfg.kd.bias_shift))
             rows.append(_row(role, seed, student, spec["arch"], ev, res.train_seconds, best_epoch=res.best_epoch,
