@@ -1,4 +1,5 @@
-"""Command line: ``kdistill run CONFIG [dotted.key=value ...] [--smoke]`` and
+"""Command line: ``kdistill run CONFIG [dotted.key=value ...] [--smoke]``,
+``kdistill sweep CONFIG kd.T=1,2,4 kd.alpha=0.5,0.9 [dotted.key=value ...] [--smoke] [--roles kd]`` and
 ``kdistill layers MODEL_SPEC --input-shape 1,1,28,28 [--num-classes 10] [--kwargs '{"hidden": [300]}']``."""
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     summary = run_experiment(cfg, smoke=args.smoke)
     print(summary_markdown(summary).split("\n## Every model")[0])
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from kdistill.sweep import run_sweep, sweep_markdown
+
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()] if args.roles else None
+    sweep = run_sweep(args.config, args.overrides, smoke=args.smoke, roles=roles)
+    print(sweep_markdown(sweep).split("\nReproduce:")[0])
     return 0
 
 
@@ -70,6 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="a few hundred samples, one epoch: checks a config in seconds")
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser(
+        "sweep", allow_abbrev=False, help="grid search: key=v1,v2,... axes; the winner is chosen on validation accuracy"
+    )
+    p.add_argument("config", help="YAML experiment config, e.g. configs/fashion_mnist/hinton.yaml")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=v1,v2,... sweep axes (e.g. kd.T=1,2,4) and key=value overrides for every point; a value with "
+        "brackets or braces is one override, never split (seeds=[0,1,2])",
+    )
+    p.add_argument("--smoke", action="store_true", help="a few hundred samples, one epoch per point")
+    p.add_argument(
+        "--roles", default=None, help="comma-separated roles trained at every point (default kd); the config's "
+        "other roles are trained once as references",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_sweep)
+    p = sub.add_parser(
         "layers", allow_abbrev=False, help="list a model's layers: dotted name, type, output shape, parameters"
     )
     p.add_argument("model", metavar="MODEL_SPEC", help="mlp, cnn or a user factory package.module:factory")
@@ -80,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     # parse_known_args: `run CONFIG --smoke kd.T=8` puts the overrides after an option, which a plain
     # nargs="*" positional would reject; they are collected here instead.
     args, rest = parser.parse_known_args(argv)
-    if rest and (args.command != "run" or any(r.startswith("-") for r in rest)):
+    if rest and (args.command not in ("run", "sweep") or any(r.startswith("-") for r in rest)):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
