@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from kdistill.config import ConfigError, load_config
 from kdistill.data import DataError
@@ -69,6 +70,16 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kdistill.page import build_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "summary.json").is_file():
+        raise ValueError(f"{run_dir} is not a kdistill run directory (no summary.json); give runs/<name>")
+    print(build_report(run_dir, toy=args.toy))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_layers)
     # parse_known_args: `run CONFIG --smoke kd.T=8` puts the overrides after an option, which a plain
     # nargs="*" positional would reject; they are collected here instead.
+    p = sub.add_parser("report", allow_abbrev=False, help="(re)build RUN_DIR/report.html from the run's files")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/fashion_mnist_hinton")
+    p.add_argument("--toy", action="store_true", help="also train the 2-D toy problem and draw its decision regions")
+    p.set_defaults(func=_cmd_report)
     args, rest = parser.parse_known_args(argv)
     if rest and (args.command not in ("run", "sweep") or any(r.startswith("-") for r in rest)):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -48,6 +48,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic(Path(path), lambda f: f.write(text.encode()))
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda f: f.write(data))
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or holds something other than tensors and plain data."""
 

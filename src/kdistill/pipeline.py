@@ -28,11 +28,13 @@ from kdistill.data import BatchLoader, DataBundle, load_data
 from kdistill.distiller import Distiller, FrozenTeacher, LogitCache, Supervised
 from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
 from kdistill.models import build_model, count_params, load_state_strict
+from kdistill.page import build_report
 from kdistill.report import write_summary
 from kdistill.taps import LayerError, probe_shapes
 from kdistill.terms import LOGITS, Term, TermContext, TermError, build_term, get_method, layer_pairs
 from kdistill.trainer import evaluate, fit, predict
 from kdistill.transfer import class_accuracy, label_free_shift, shift_logits
+from kdistill.why import expected_calibration_error
 
 MODEL_FORMAT = "kdistill-model/1"
 SMOKE = {"limit_train": 800, "limit_test": 500, "val_size": 200, "epochs": 1, "labelled": 200}
@@ -156,11 +158,15 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
     te = evaluate(teacher, data.test)
     # Predictions are kept so that reports (soft targets, dark knowledge, calibration) are drawn from
     # files, never recomputed from logs: the teacher's on validation and test, each student's on test.
-    atomic_save({"test_logits": predict(teacher, data.test), "val_logits": predict(teacher, data.val),
-                 "test_labels": data.test.y, "val_labels": data.val.y, "class_names": data.class_names},
-                run_dir / "teacher" / "predictions.pt")  # fmt: skip
+    t_test = predict(teacher, data.test)
+    # One test image per class (the first of each) for the soft-target figure of the report.
+    firsts = [int((data.test.y == c).nonzero()[0]) for c in range(data.num_classes) if bool((data.test.y == c).any())]
+    atomic_save({"test_logits": t_test, "val_logits": predict(teacher, data.val), "test_labels": data.test.y,
+                 "val_labels": data.val.y, "class_names": data.class_names, "sample_rows": torch.tensor(firsts),
+                 "sample_images": data.test.x[firsts]}, run_dir / "teacher" / "predictions.pt")  # fmt: skip
     rows.append(_row("teacher", cfg.seeds[0], t.model, cfg.teacher.model.arch, te, t.train_seconds, source=t.source,
-                     weights=str(t.path), val_acc=evaluate(teacher, data.val).acc))  # fmt: skip
+                     weights=str(t.path), val_acc=evaluate(teacher, data.val).acc,
+                     test_ece=expected_calibration_error(t_test.softmax(1), data.test.y)))  # fmt: skip
     log(f"teacher: test acc {te.acc:.4f} ({te.errors} errors)")
 
     # Teacher logits are computed once: without augmentation the student sees exactly these inputs.
@@ -198,15 +204,20 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
                 objective, train_split, data.val, cfg.student.train, seed=seed, out_dir=out, desc=f"{role} s{seed}"
             )
             save_model(student, spec, data, out / "weights.pt", role=role, seed=seed, best_epoch=res.best_epoch)
+            test_logits = predict(student, data.test)
             ev = evaluate(student, data.test)
-            atomic_save({"test_logits": predict(student, data.test)}, out / "predictions.pt")
+            extra["test_ece"] = expected_calibration_error(test_logits.softmax(1), data.test.y)
+            atomic_save({"test_logits": test_logits}, out / "predictions.pt")
             if data.excluded_classes:
                 extra.update(left_out_report(student, teacher, data, cfg.kd.bias_shift))
             rows.append(_row(role, seed, student, spec["arch"], ev, res.train_seconds, best_epoch=res.best_epoch,
                              val_acc=res.best_val_acc, steps=res.steps, **extra))  # fmt: skip
             log(f"{role} seed {seed}: test acc {ev.acc:.4f} ({ev.errors} errors), {res.train_seconds:.0f}s")
 
-    return write_summary(run_dir, cfg, rows, smoke=smoke)
+    summary = write_summary(run_dir, cfg, rows, smoke=smoke)
+    report = build_report(run_dir)
+    log(f"report: {report}")
+    return summary
 
 
 def left_out_report(student: nn.Module, teacher: nn.Module, data: DataBundle, fixed: float | None) -> dict:

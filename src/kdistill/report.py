@@ -25,7 +25,7 @@ def aggregate(rows: list[dict]) -> dict[str, dict[str, float]]:
         if not rs:
             continue
         agg: dict[str, float] = {"n": len(rs), "params": rs[0]["params"]}
-        for key in ("test_acc", "test_errors", "test_nll", "val_acc", "train_seconds", *LEFT_OUT_KEYS):
+        for key in ("test_acc", "test_errors", "test_nll", "test_ece", "val_acc", "train_seconds", *LEFT_OUT_KEYS):
             vals = [float(r[key]) for r in rs if r.get(key) is not None and not math.isnan(float(r[key]))]
             if vals:
                 agg[f"{key}_mean"] = statistics.fmean(vals)

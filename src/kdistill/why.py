@@ -17,8 +17,6 @@ backend or figure state is touched) and written atomically with :func:`save_figu
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from kdistill.io import atomic_write_bytes
 
 if TYPE_CHECKING:  # matplotlib is imported lazily: the pure functions must not pay for it
     from matplotlib.axes import Axes
@@ -195,16 +195,12 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` as PNG through a temporary file in the same directory and an atomic rename."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buf.getvalue())  # ordinary file permissions, never a half-written PNG
     return path
 
 
