@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin on shared cores
 
@@ -56,11 +57,22 @@ def _per_step(rows: list[dict]) -> float:
     return statistics.fmean(r["train_seconds"] / max(1, r["steps"]) for r in rows)
 
 
-def run_scenario(scenario: str, seeds: list[int], threads: int, out: Path, smoke: bool) -> dict:
+def _run(cfg: Any, smoke: bool, reuse: bool) -> dict:
+    """Run one config, or with ``reuse`` take its finished run when the resolved config is identical."""
+    done = Path(cfg.output_dir) / cfg.name / "summary.json"
+    if reuse and not smoke and done.is_file():
+        old = json.loads(done.read_text())
+        if old["config"] == json.loads(json.dumps(cfg.model_dump(mode="json"))):
+            print(f"[methods] reusing {done} (same resolved config)", flush=True)
+            return old
+    return run_experiment(cfg, smoke=smoke)
+
+
+def run_scenario(scenario: str, seeds: list[int], threads: int, out: Path, smoke: bool, reuse: bool = False) -> dict:
     common = [f"seeds={seeds}", f"threads={threads}", f"output_dir={out / scenario}"]
     base_path = CONFIGS / SCENARIOS[scenario]
     t0 = time.perf_counter()
-    base = run_experiment(load_config(base_path, [*common, "roles=[scratch,kd]"]), smoke=smoke)
+    base = _run(load_config(base_path, [*common, "roles=[scratch,kd]"]), smoke, reuse)
     rows_by = {"scratch": [r for r in base["rows"] if r["role"] == "scratch"],
                "kd (vanilla)": [r for r in base["rows"] if r["role"] == "kd"]}  # fmt: skip
     teacher_acc = next(r["test_acc"] for r in base["rows"] if r["role"] == "teacher")
@@ -69,7 +81,7 @@ def run_scenario(scenario: str, seeds: list[int], threads: int, out: Path, smoke
         cfg = load_config(path, [*common, "roles=[kd]"])
         name = path.stem
         print(f"[methods] {scenario}: {name} ({time.perf_counter() - t0:.0f}s so far)", flush=True)
-        summary = run_experiment(cfg, smoke=smoke)
+        summary = _run(cfg, smoke, reuse)
         rows_by[name] = [r for r in summary["rows"] if r["role"] == "kd"]
         terms = ", ".join(f"{t['method']}×{t['weight']:g}" for t in summary["config"]["terms"])
         described[name] = ("CE + logit KD + " if cfg.kd.alpha > 0 else "CE + ") + terms
@@ -119,11 +131,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/methods")
     ap.add_argument("--smoke", action="store_true", help="tiny data, one epoch: checks the benchmark runs")
+    ap.add_argument("--reuse", action="store_true", help="take finished runs under --out whose config is unchanged")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     for scenario in SCENARIOS if args.scenario == "both" else [args.scenario]:
-        res = run_scenario(scenario, seeds, args.threads, out, args.smoke)
+        res = run_scenario(scenario, seeds, args.threads, out, args.smoke, args.reuse)
         atomic_write_text(out / f"{scenario}.json", json.dumps(res, indent=2))
         atomic_write_text(out / f"{scenario}.md", markdown(res))
         print(markdown(res), flush=True)

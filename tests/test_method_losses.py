@@ -481,14 +481,18 @@ def test_contrast_memory_buffers_sampling_and_update() -> None:
         mem.sample_negatives(torch.tensor([10]), 3)
 
 
-def test_crd_loss_matches_loop_reference() -> None:
+@pytest.mark.parametrize("shared", [False, True])
+def test_crd_loss_matches_loop_reference(shared: bool) -> None:
     n, d, k, tau = 8, 3, 4, 0.5
     g = torch.Generator().manual_seed(5)
     mem = ContrastMemory(n, d, generator=g).double()
     s = F.normalize(torch.randn(3, d, generator=g, dtype=D), dim=1).requires_grad_(True)
     t = F.normalize(torch.randn(3, d, generator=g, dtype=D), dim=1).requires_grad_(True)
     index = torch.tensor([2, 5, 0])
-    neg = mem.sample_negatives(index, k, torch.Generator().manual_seed(9)).tolist()
+    if shared:  # one set of k negatives for every row of the batch
+        neg = [mem.sample_negatives(index[:1], k, torch.Generator().manual_seed(9))[0].tolist()] * len(index)
+    else:
+        neg = mem.sample_negatives(index, k, torch.Generator().manual_seed(9)).tolist()
     ms, mt = mem.memory_s.tolist(), mem.memory_t.tolist()  # the memory *before* this batch
     ss, ts = s.tolist(), t.tolist()
 
@@ -503,7 +507,7 @@ def test_crd_loss_matches_loop_reference() -> None:
 
     loss_s, z_s = direction(ss, mt)  # student anchors vs teacher memory
     loss_t, z_t = direction(ts, ms)  # teacher anchors vs student memory
-    loss = crd_loss(s, t, index, mem, k, tau, torch.Generator().manual_seed(9))
+    loss = crd_loss(s, t, index, mem, k, tau, torch.Generator().manual_seed(9), shared_negatives=shared)
     _close(loss, loss_s + loss_t)
     assert abs(float(mem.z_s) - z_s) < 1e-9 * z_s and abs(float(mem.z_t) - z_t) < 1e-9 * z_t
     # the memory was updated after the loss: rows of this batch moved towards the embeddings

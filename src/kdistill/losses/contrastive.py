@@ -123,6 +123,7 @@ def crd_loss(
     k: int,
     temperature: float = 0.07,
     generator: torch.Generator | None = None,
+    shared_negatives: bool = False,
 ) -> torch.Tensor:
     """Both CRD directions, summed: student anchors vs teacher memory, and teacher anchors vs student memory.
 
@@ -130,6 +131,10 @@ def crd_loss(
     are ``index``. The positive for row i is the other network's memory row ``index[i]``; ``k``
     negatives are drawn uniformly per row. Scores are ``exp(<anchor, memory row> / temperature) / Z``;
     on the first call each Z is set to ``mean(exp score) * n_data`` and stored (frozen) in ``memory``.
+    ``shared_negatives=True`` draws one set of ``k`` negatives for the whole batch instead of one per
+    row: the scores become a ``(b, d) x (d, k)`` matrix product instead of gathering ``b * k`` memory
+    rows, ``b`` times less memory traffic (what makes CRD affordable on a CPU); each row's loss is
+    still an unbiased NCE estimate, the rows' negatives are merely correlated.
     The memory is updated with this batch *after* the loss is computed, so the positives are the
     embeddings from earlier epochs, as in the paper. Gradients reach both embeddings, never the memory.
     """
@@ -141,12 +146,22 @@ def crd_loss(
             f"crd_loss needs (batch, feat_dim={memory.feat_dim}) embeddings and a (batch,) index, got "
             f"student {tuple(s_emb.shape)}, teacher {tuple(t_emb.shape)}, index {tuple(index.shape)}"
         )
-    neg = memory.sample_negatives(index, k, generator)
-    idx = torch.cat([index[:, None].to(neg.device), neg], dim=1)  # column 0: the positive
     dtype = _float_dtype(s_emb, t_emb)
     s, t = s_emb.to(dtype), t_emb.to(dtype)
-    exp_s = torch.exp(torch.einsum("bkd,bd->bk", memory.memory_t[idx].to(dtype), s) / temperature)
-    exp_t = torch.exp(torch.einsum("bkd,bd->bk", memory.memory_s[idx].to(dtype), t) / temperature)
+    if shared_negatives:
+        neg = memory.sample_negatives(index[:1], k, generator)[0]  # (k,) for every row
+        pos = index.to(neg.device)
+
+        def scores(anchor: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+            positive = (bank[pos].to(dtype) * anchor).sum(1, keepdim=True)
+            return torch.exp(torch.cat([positive, anchor @ bank[neg].to(dtype).T], dim=1) / temperature)
+
+        exp_s, exp_t = scores(s, memory.memory_t), scores(t, memory.memory_s)
+    else:
+        neg = memory.sample_negatives(index, k, generator)
+        idx = torch.cat([index[:, None].to(neg.device), neg], dim=1)  # column 0: the positive
+        exp_s = torch.exp(torch.einsum("bkd,bd->bk", memory.memory_t[idx].to(dtype), s) / temperature)
+        exp_t = torch.exp(torch.einsum("bkd,bd->bk", memory.memory_s[idx].to(dtype), t) / temperature)
     with torch.no_grad():
         # Z stays fixed after the first batch so the loss has a stable target (the paper's estimate).
         if float(memory.z_s) <= 0:
