@@ -57,12 +57,21 @@ def _per_step(rows: list[dict]) -> float:
     return statistics.fmean(r["train_seconds"] / max(1, r["steps"]) for r in rows)
 
 
+def _same(old: Any, new: Any, default: Any) -> bool:
+    """Equal configs, where a key the old run did not know yet counts as equal if it has its default."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        d = default if isinstance(default, dict) else {}
+        return all(_same(old[k], v, d.get(k)) if k in old else v == d.get(k) for k, v in new.items())
+    return old == new
+
+
 def _run(cfg: Any, smoke: bool, reuse: bool) -> dict:
     """Run one config, or with ``reuse`` take its finished run when the resolved config is identical."""
     done = Path(cfg.output_dir) / cfg.name / "summary.json"
     if reuse and not smoke and done.is_file():
         old = json.loads(done.read_text())
-        if old["config"] == json.loads(json.dumps(cfg.model_dump(mode="json"))):
+        new = json.loads(json.dumps(cfg.model_dump(mode="json")))
+        if _same(old["config"], new, json.loads(json.dumps(type(cfg)().model_dump(mode="json")))):
             print(f"[methods] reusing {done} (same resolved config)", flush=True)
             return old
     return run_experiment(cfg, smoke=smoke)
