@@ -2,6 +2,8 @@
 
 from kdistill.distiller import Distiller, FrozenTeacher, LogitCache, StepOutput, Supervised
 from kdistill.losses import cross_entropy, kd_loss, kd_loss_parts, label_smoothing_ce, soft_target_kl
+from kdistill.taps import Outputs, Tapped, layer_table, probe_shapes
+from kdistill.terms import Term, TermContext, build_term, register
 
 __version__ = "0.1.0"
 
@@ -9,11 +11,19 @@ __all__ = [
     "Distiller",
     "FrozenTeacher",
     "LogitCache",
+    "Outputs",
     "StepOutput",
     "Supervised",
+    "Tapped",
+    "Term",
+    "TermContext",
+    "build_term",
     "cross_entropy",
     "kd_loss",
     "kd_loss_parts",
     "label_smoothing_ce",
+    "layer_table",
+    "probe_shapes",
+    "register",
     "soft_target_kl",
 ]
