@@ -1,6 +1,7 @@
 """Command line: ``kdistill run CONFIG [dotted.key=value ...] [--smoke]``,
 ``kdistill sweep CONFIG kd.T=1,2,4 kd.alpha=0.5,0.9 [dotted.key=value ...] [--smoke] [--roles kd]`` and
-``kdistill layers MODEL_SPEC --input-shape 1,1,28,28 [--num-classes 10] [--kwargs '{"hidden": [300]}']``."""
+``kdistill layers MODEL_SPEC --input-shape 1,1,28,28 [--num-classes 10] [--kwargs '{"hidden": [300]}']`` and
+``kdistill report RUN_DIR [--toy]``."""
 
 from __future__ import annotations
 
