@@ -38,14 +38,16 @@ SCENARIOS = {"compression": "hinton.yaml", "few_labels": "few_labels.yaml"}
 
 
 def method_configs(scenario: str) -> list[Path]:
-    base = SCENARIOS[scenario]
-    return sorted(p for p in CONFIGS.glob("*.yaml") if read_yaml_base(p) == base)
-
-
-def read_yaml_base(path: Path) -> str | None:
+    """Configs built on the scenario's base that add distillation terms (experiments without terms,
+    such as leave_out_dress.yaml, share the base but are not methods)."""
     import yaml
 
-    return (yaml.safe_load(path.read_text()) or {}).get("base")
+    out = []
+    for p in sorted(CONFIGS.glob("*.yaml")):
+        raw = yaml.safe_load(p.read_text()) or {}
+        if raw.get("base") == SCENARIOS[scenario] and raw.get("terms"):
+            out.append(p)
+    return out
 
 
 def _stats(rows: list[dict], key: str) -> tuple[float, float]:
@@ -77,7 +79,9 @@ def _run(cfg: Any, smoke: bool, reuse: bool) -> dict:
     return run_experiment(cfg, smoke=smoke)
 
 
-def run_scenario(scenario: str, seeds: list[int], threads: int, out: Path, smoke: bool, reuse: bool = False) -> dict:
+def run_scenario(
+    scenario: str, seeds: list[int], threads: int, out: Path, smoke: bool, reuse: bool = False, skip: tuple = ()
+) -> dict:
     common = [f"seeds={seeds}", f"threads={threads}", f"output_dir={out / scenario}"]
     base_path = CONFIGS / SCENARIOS[scenario]
     t0 = time.perf_counter()
@@ -86,9 +90,14 @@ def run_scenario(scenario: str, seeds: list[int], threads: int, out: Path, smoke
                "kd (vanilla)": [r for r in base["rows"] if r["role"] == "kd"]}  # fmt: skip
     teacher_acc = next(r["test_acc"] for r in base["rows"] if r["role"] == "teacher")
     described = {"scratch": "CE on the labelled set", "kd (vanilla)": "CE + logit KD (T, α of the base config)"}
+    skipped: list[str] = []
     for path in method_configs(scenario):
         cfg = load_config(path, [*common, "roles=[kd]"])
         name = path.stem
+        if name in skip:
+            print(f"[methods] {scenario}: skipping {name} (--skip)", flush=True)
+            skipped.append(name)
+            continue
         print(f"[methods] {scenario}: {name} ({time.perf_counter() - t0:.0f}s so far)", flush=True)
         summary = _run(cfg, smoke, reuse)
         rows_by[name] = [r for r in summary["rows"] if r["role"] == "kd"]
@@ -109,6 +118,7 @@ def run_scenario(scenario: str, seeds: list[int], threads: int, out: Path, smoke
         })  # fmt: skip
     result = {"scenario": scenario, "base": SCENARIOS[scenario], "seeds": seeds, "threads": threads, "smoke": smoke,
               "teacher_test_acc": teacher_acc, "wall_seconds": time.perf_counter() - t0, "table": table,
+              "skipped": skipped,
               "command": " ".join([Path(sys.executable).name, *sys.argv])}  # fmt: skip
     return result
 
@@ -129,6 +139,8 @@ def markdown(res: dict) -> str:
             f"| {100 * r['delta_scratch']:+.2f} | {100 * r['delta_kd']:+.2f} | {gap} | {r['extra_params']:,} "
             f"| {r['step_time_ratio']:.2f}× |"
         )
+    if res.get("skipped"):
+        lines += ["", f"Not run (`--skip`): {', '.join(res['skipped'])}."]
     lines += ["", f"{res['wall_seconds'] / 60:.0f} min on {res['threads']} thread(s); command: `{res['command']}`"]
     return "\n".join(lines) + "\n"
 
@@ -141,11 +153,13 @@ def main() -> None:
     ap.add_argument("--out", default="runs/methods")
     ap.add_argument("--smoke", action="store_true", help="tiny data, one epoch: checks the benchmark runs")
     ap.add_argument("--reuse", action="store_true", help="take finished runs under --out whose config is unchanged")
+    ap.add_argument("--skip", default="", help="method configs not to run, e.g. few_labels_rkd,crd")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     for scenario in SCENARIOS if args.scenario == "both" else [args.scenario]:
-        res = run_scenario(scenario, seeds, args.threads, out, args.smoke, args.reuse)
+        skip = tuple(n.strip() for n in args.skip.split(",") if n.strip())
+        res = run_scenario(scenario, seeds, args.threads, out, args.smoke, args.reuse, skip)
         atomic_write_text(out / f"{scenario}.json", json.dumps(res, indent=2))
         atomic_write_text(out / f"{scenario}.md", markdown(res))
         print(markdown(res), flush=True)
