@@ -240,3 +240,15 @@ def test_cached_teacher_layers_equal_the_online_teacher_after_shuffling() -> Non
     with pytest.raises(ValueError, match="holds no outputs of teacher layers"):
         Distiller(student, teacher, terms=[build_term("at", _ctx((4, 8, 8), (16, 4, 4), "features.2", "features.6"))],
                   cache=cache)  # fmt: skip
+
+
+def test_rkd_angle_rows_limits_the_triplets() -> None:
+    from kdistill.losses import rkd_angle_loss, rkd_distance_loss
+
+    s, t = torch.randn(40, 6), torch.randn(40, 9)
+    full = build_term("rkd", _ctx((6,), (9,)), {"angle_rows": None})
+    sub = build_term("rkd", _ctx((6,), (9,)), {"angle_rows": 5})
+    torch.testing.assert_close(full(s, t, {}), rkd_distance_loss(s, t) + 2.0 * rkd_angle_loss(s, t))
+    torch.testing.assert_close(sub(s, t, {}), rkd_distance_loss(s, t) + 2.0 * rkd_angle_loss(s[:5], t[:5]))
+    with pytest.raises(ValueError, match="angle needs 3 samples"):
+        build_term("rkd", _ctx((6,), (9,)), {"angle_rows": 2})
