@@ -13,6 +13,7 @@ from kdistill.config import load_config
 from kdistill.data import DataError, load_data
 from kdistill.models import build_model
 from kdistill.pipeline import left_out_report, run_experiment
+from kdistill.trainer import predict
 from kdistill.transfer import class_accuracy, label_free_shift, shift_logits
 from test_pipeline import synthetic_overrides
 
@@ -63,9 +64,10 @@ def test_bias_correction_reads_no_test_labels() -> None:
     torch.manual_seed(0)
     student = build_model("mlp", data.input_shape, 4, {"hidden": [8]})
     teacher = build_model("mlp", data.input_shape, 4, {"hidden": [8]})
-    a = left_out_report(student, teacher, data, fixed=3.5)
+    s_val, t_val = predict(student, data.val), predict(teacher, data.val)
+    a = left_out_report(predict(student, data.test), s_val, t_val, data, fixed=3.5)
     scrambled = dataclasses.replace(data, test=dataclasses.replace(data.test, y=data.test.y.flip(0)))
-    b = left_out_report(student, teacher, scrambled, fixed=3.5)
+    b = left_out_report(predict(student, scrambled.test), s_val, t_val, scrambled, fixed=3.5)
     assert a["label_free_shift"] == b["label_free_shift"]  # estimated from validation pixels only
     assert a["left_out"] == [2]
 

@@ -237,13 +237,21 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 # ----------------------------------------------------------------------------- loading
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
+def split_assignment(
+    text: str, what: str = "override", form: str = "dotted.key=value (e.g. kd.T=8)"
+) -> tuple[str, str]:
+    """``"kd.T=8"`` -> ``("kd.T", "8")``; a missing ``=`` or an empty key part is a :class:`ConfigError`."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form dotted.key=value (e.g. kd.T=8)")
+        raise ConfigError(f"{what} {text!r} is not of the form {form}")
     key, _, raw = text.partition("=")
     key = key.strip()
     if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {text!r}: empty key part")
+        raise ConfigError(f"{what} {text!r}: empty key part")
+    return key, raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    key, raw = split_assignment(text)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.io import atomic_write_text, safe_load
-from kdistill.report import plot_curves
+from kdistill.report import _pct, plot_curves
 from kdistill.why import (
     DEFAULT_TEMPERATURES,
     dark_knowledge_matrix,
@@ -40,10 +40,6 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 
 ROLE_LABEL = {"teacher": "teacher", "scratch": "scratch student", "kd": "KD student",
               "label_smoothing": "label-smoothing student"}  # fmt: skip
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.2f}"
 
 
 def _mean_std(a: dict, key: str, pct: bool = True, digits: int = 4) -> str:

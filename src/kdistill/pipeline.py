@@ -32,7 +32,7 @@ from kdistill.page import build_report
 from kdistill.report import write_summary
 from kdistill.taps import LayerError, probe_shapes
 from kdistill.terms import LOGITS, Term, TermContext, TermError, build_term, get_method, layer_pairs
-from kdistill.trainer import evaluate, fit, predict
+from kdistill.trainer import fit, predict, score
 from kdistill.transfer import class_accuracy, label_free_shift, shift_logits
 from kdistill.why import expected_calibration_error
 
@@ -155,17 +155,17 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
     t = get_teacher(cfg, data, run_dir, smoke)
     teacher = FrozenTeacher(t.model)
     rows: list[dict] = []
-    te = evaluate(teacher, data.test)
     # Predictions are kept so that reports (soft targets, dark knowledge, calibration) are drawn from
     # files, never recomputed from logs: the teacher's on validation and test, each student's on test.
-    t_test = predict(teacher, data.test)
+    t_test, t_val = predict(teacher, data.test), predict(teacher, data.val)
+    te = score(t_test, data.test.y)
     # One test image per class (the first of each) for the soft-target figure of the report.
     firsts = [int((data.test.y == c).nonzero()[0]) for c in range(data.num_classes) if bool((data.test.y == c).any())]
-    atomic_save({"test_logits": t_test, "val_logits": predict(teacher, data.val), "test_labels": data.test.y,
+    atomic_save({"test_logits": t_test, "val_logits": t_val, "test_labels": data.test.y,
                  "val_labels": data.val.y, "class_names": data.class_names, "sample_rows": torch.tensor(firsts),
                  "sample_images": data.test.x[firsts]}, run_dir / "teacher" / "predictions.pt")  # fmt: skip
     rows.append(_row("teacher", cfg.seeds[0], t.model, cfg.teacher.model.arch, te, t.train_seconds, source=t.source,
-                     weights=str(t.path), val_acc=evaluate(teacher, data.val).acc,
+                     weights=str(t.path), val_acc=score(t_val, data.val.y).acc,
                      test_ece=expected_calibration_error(t_test.softmax(1), data.test.y)))  # fmt: skip
     log(f"teacher: test acc {te.acc:.4f} ({te.errors} errors)")
 
@@ -205,11 +205,12 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
             )
             save_model(student, spec, data, out / "weights.pt", role=role, seed=seed, best_epoch=res.best_epoch)
             test_logits = predict(student, data.test)
-            ev = evaluate(student, data.test)
+            ev = score(test_logits, data.test.y)
             extra["test_ece"] = expected_calibration_error(test_logits.softmax(1), data.test.y)
             atomic_save({"test_logits": test_logits}, out / "predictions.pt")
             if data.excluded_classes:
-                extra.update(left_out_report(student, teacher, data, cfg.kd.bias_shift))
+                s_val = predict(student, data.val)
+                extra.update(left_out_report(test_logits, s_val, t_val, data, cfg.kd.bias_shift))
             rows.append(_row(role, seed, student, spec["arch"], ev, res.train_seconds, best_epoch=res.best_epoch,
                              val_acc=res.best_val_acc, steps=res.steps, **extra))  # fmt: skip
             log(f"{role} seed {seed}: test acc {ev.acc:.4f} ({ev.errors} errors), {res.train_seconds:.0f}s")
@@ -220,15 +221,16 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
     return summary
 
 
-def left_out_report(student: nn.Module, teacher: nn.Module, data: DataBundle, fixed: float | None) -> dict:
+def left_out_report(
+    test_logits: torch.Tensor, s_val: torch.Tensor, t_val: torch.Tensor, data: DataBundle, fixed: float | None
+) -> dict:
     """Accuracy on the left-out classes and overall, raw and with their logits' bias corrected.
 
-    The label-free shift is estimated on the validation *images* (their labels are not read); test
+    ``test_logits``: the student's on the test set; ``s_val`` / ``t_val``: student's and teacher's on the
+    validation images, from which the label-free shift is estimated (their labels are not read); test
     labels are only used to score, as for every other number in the summary.
     """
     classes = data.excluded_classes
-    test_logits = predict(student, data.test)
-    s_val, t_val = predict(student, data.val), predict(teacher, data.val)
     shifts = [label_free_shift(s_val, t_val, c) for c in classes]
     out: dict[str, Any] = {"left_out": classes, "left_out_acc": class_accuracy(test_logits, data.test.y, classes),
                            "label_free_shift": [round(b, 3) for b in shifts]}  # fmt: skip

@@ -43,8 +43,8 @@ def gap_recovered(agg: dict[str, dict[str, float]]) -> float | None:
     return (k - s) / (t - s) if abs(t - s) > 1e-12 else None
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
 
 
 def summary_markdown(summary: dict) -> str:
@@ -127,16 +127,14 @@ def _left_out_markdown(summary: dict) -> list[str]:
 
 def plot_curves(run_dir: Path, out: Path) -> bool:
     """Validation accuracy and training loss per epoch for every model, from its ``metrics.jsonl``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kdistill.why import new_figure, save_figure
 
     runs = sorted(p for p in run_dir.glob("*/metrics.jsonl"))
     if not runs:
         return False
     colors = {"teacher": "black", "scratch": "tab:blue", "kd": "tab:red", "label_smoothing": "tab:green"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = new_figure((11, 4))
+    axes = fig.subplots(1, 2)
     seen: set[str] = set()
     for p in runs:
         hist = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
@@ -152,11 +150,7 @@ def plot_curves(run_dir: Path, out: Path) -> bool:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    tmp = out.with_name("." + out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
+    save_figure(fig, out, dpi=100)
     return True
 
 
@@ -180,7 +174,7 @@ def write_summary(run_dir: Path, cfg: Any, rows: list[dict], smoke: bool) -> dic
         "environment": {"python": platform.python_version(), "platform": platform.platform(), **_torch_env()},
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
-    plot_curves(run_dir, run_dir / "curves.png")
+    # curves.png (linked from summary.md) is drawn with the other figures by kdistill.page.build_report.
     atomic_write_text(run_dir / "summary.md", summary_markdown(summary))
     return summary
 

@@ -48,7 +48,7 @@ from typing import Any
 
 import yaml
 
-from kdistill.config import ConfigError, ExperimentConfig, Role, load_config
+from kdistill.config import ConfigError, ExperimentConfig, Role, load_config, split_assignment
 from kdistill.io import atomic_write_text
 
 SWEEP_FORMAT = "kdistill-sweep/1"
@@ -71,12 +71,7 @@ def parse_sweep_args(args: list[str]) -> tuple[dict[str, list], list[str]]:
     overrides: list[str] = []
     plain_keys: dict[str, str] = {}
     for text in args:
-        if "=" not in text:
-            raise ConfigError(f"sweep argument {text!r} is not of the form key=value or key=v1,v2,... (e.g. kd.T=2,4)")
-        key, _, raw = text.partition("=")
-        key = key.strip()
-        if not key or any(not p for p in key.split(".")):
-            raise ConfigError(f"sweep argument {text!r}: empty key part")
+        key, raw = split_assignment(text, "sweep argument", "key=value or key=v1,v2,... (e.g. kd.T=2,4)")
         if "," not in raw or _NOT_SPLIT & set(raw):
             overrides.append(text)
             plain_keys[key] = text

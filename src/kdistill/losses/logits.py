@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kdistill.losses.features import _float_dtype
+
 IGNORE = -1
 
 
@@ -53,7 +55,7 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T
     # Compute both softmaxes in at least float32 (a float16 cache or a bf16 autocast teacher loses too
     # much in the exponent) without ever downcasting float64 inputs.
     t = teacher_logits.detach()
-    dtype = torch.promote_types(torch.promote_types(t.dtype, student_logits.dtype), torch.float32)
+    dtype = _float_dtype(t, student_logits)
     log_p_s = F.log_softmax(student_logits.to(dtype) / T, dim=-1)
     log_p_t = F.log_softmax(t.to(dtype) / T, dim=-1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
@@ -141,7 +143,7 @@ def dkd_terms(
     if bool(((labels < 0) | (labels >= num_classes)).any()):
         lo, hi = int(labels.min()), int(labels.max())
         raise ValueError(f"dkd labels must be in [0, {num_classes}), got min {lo}, max {hi}")
-    dtype = torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+    dtype = _float_dtype(student_logits, teacher_logits)
     z_s = student_logits.to(dtype) / T
     z_t = teacher_logits.detach().to(dtype) / T
     target = F.one_hot(labels, num_classes).bool()
@@ -215,7 +217,7 @@ def dist_loss(
         raise ValueError(
             f"dist_loss intra-class term correlates over the batch and needs b >= 2, got {tuple(student_logits.shape)}"
         )
-    dtype = torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+    dtype = _float_dtype(student_logits, teacher_logits)
     p_s = F.softmax(student_logits.to(dtype) / T, dim=1)
     p_t = F.softmax(teacher_logits.detach().to(dtype) / T, dim=1)
     inter = 1.0 - _pearson_rows(p_s, p_t).mean()
