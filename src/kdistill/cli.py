@@ -1,7 +1,9 @@
-"""Command line: ``kdistill run CONFIG [dotted.key=value ...] [--smoke]``,
+"""Command line: ``kdistill run CONFIG [dotted.key=value ...] [--smoke] [--resume] [--device auto|cpu|cuda]``
+(also under ``torchrun --nproc_per_node=N -m kdistill run ...``),
 ``kdistill sweep CONFIG kd.T=1,2,4 kd.alpha=0.5,0.9 [dotted.key=value ...] [--smoke] [--roles kd]`` and
 ``kdistill layers MODEL_SPEC --input-shape 1,1,28,28 [--num-classes 10] [--kwargs '{"hidden": [300]}']`` and
-``kdistill report RUN_DIR [--toy]``."""
+``kdistill report RUN_DIR [--toy]`` and
+``kdistill export RUN_DIR [--format onnx,safetensors,torchscript] [--role R] [--seed S] [--out DIR]``."""
 
 from __future__ import annotations
 
@@ -12,16 +14,24 @@ from pathlib import Path
 
 from kdistill.config import ConfigError, load_config
 from kdistill.data import DataError
+from kdistill.dist import DistError
 from kdistill.io import CheckpointError
+from kdistill.views import CacheError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from kdistill import dist
     from kdistill.pipeline import run_experiment
     from kdistill.report import summary_markdown
 
-    cfg = load_config(args.config, args.overrides)
-    summary = run_experiment(cfg, smoke=args.smoke)
-    print(summary_markdown(summary).split("\n## Every model")[0])
+    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    cfg = load_config(args.config, overrides)
+    try:
+        summary = run_experiment(cfg, smoke=args.smoke, resume=args.resume)
+    finally:
+        dist.teardown()
+    if summary:  # rank 0 of a distributed run, or a single process
+        print(summary_markdown(summary).split("\n## Every model")[0])
     return 0
 
 
@@ -81,6 +91,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from kdistill.export import DEFAULT_FORMATS, export_run
+
+    res = export_run(
+        args.run_dir, args.format or DEFAULT_FORMATS, args.out, args.role, args.seed, check_images=args.check_images
+    )
+    print(f"exported {res['source']['role']} seed {res['source']['seed']} to {res['out_dir']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", help="YAML experiment config, e.g. configs/fashion_mnist/hinton.yaml")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. kd.T=8 seeds=[0,1]")
     p.add_argument("--smoke", action="store_true", help="a few hundred samples, one epoch: checks a config in seconds")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same config from its last checkpoints")  # fmt: skip
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="where to train (default: the config's device, auto = CUDA when available)")  # fmt: skip
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser(
         "sweep", allow_abbrev=False, help="grid search: key=v1,v2,... axes; the winner is chosen on validation accuracy"
@@ -121,6 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/fashion_mnist_hinton")
     p.add_argument("--toy", action="store_true", help="also train the 2-D toy problem and draw its decision regions")
     p.set_defaults(func=_cmd_report)
+    p = sub.add_parser(
+        "export", allow_abbrev=False, help="write the run's student as ONNX / safetensors, checked against PyTorch"
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory, e.g. runs/fashion_mnist_hinton")
+    p.add_argument(
+        "--format",
+        action="append",
+        default=None,
+        metavar="FMT",
+        help="onnx, safetensors or torchscript; repeat or comma-separate (default onnx,safetensors)",
+    )
+    p.add_argument("--role", default=None, help="export this role's student (default: best validation accuracy)")
+    p.add_argument("--seed", type=int, default=None, help="export this seed's student")
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/export), replaced as a whole")
+    p.add_argument("--check-images", type=int, default=1000, help="test images the exported files are checked on")
+    p.set_defaults(func=_cmd_export)
     args, rest = parser.parse_known_args(argv)
     if rest and (args.command not in ("run", "sweep") or any(r.startswith("-") for r in rest)):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -132,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args))
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, CacheError, DistError) as e:
         print(f"kdistill: error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # model spec / checkpoint shape problems carry their own explanation

@@ -84,6 +84,23 @@ class StudentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+class CacheConfig(_Strict):
+    """Where the kd student's teacher outputs come from.
+
+    ``auto`` computes them once: per sample without augmentation; with augmentation, for ``views`` fixed
+    augmented views per sample, which the student is then shown (one per epoch, chosen by seed), so
+    every cached row belongs to the exact input the student sees. ``online`` runs the teacher on every
+    training batch instead (any augmentation, no cache).
+    """
+
+    mode: Literal["auto", "online"] = "auto"
+    views: int = Field(8, ge=1, description="augmented views per sample stored when augmentation is on")
+    topk: int | None = Field(
+        None, ge=1, description="store only the k largest teacher probabilities (at kd.T) per view; null = all"
+    )
+    dir: str | None = Field(None, description="where view caches live; null = <output_dir>/_teacher_cache")
+
+
 class KDConfig(_Strict):
     T: float = Field(4.0, gt=0, description="softmax temperature of the soft targets")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft-target term")
@@ -100,6 +117,7 @@ class KDConfig(_Strict):
     bias_shift: float | None = Field(
         None, description="also report a fixed shift added to the left-out classes' logits (Hinton used 3.5)"
     )
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
 
 class LabelSmoothingConfig(_Strict):
@@ -143,6 +161,9 @@ class ExperimentConfig(_Strict):
     description: str = ""
     seeds: list[int] = Field(default_factory=lambda: [0])
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null = all cores")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = CUDA when available; bf16 autocast is used on CUDA"
+    )
     output_dir: str = "runs"
     teacher_cache_dir: str | None = Field(
         None, description="where trained teachers are kept for reuse; null = <output_dir>/_teachers"
@@ -196,6 +217,24 @@ class ExperimentConfig(_Strict):
         d.pop("labelled", None)  # the teacher always trains on every training label
         payload = {"model": self.teacher.model.model_dump(), "train": self.teacher.train.model_dump(), "data": d}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"kd": {"T": 4}}`` -> ``{"kd.T": 4}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], where: str, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Readable differences between two plain config dicts: ``"kd.T: 4.0 <where>, 8.0 now"``."""
+    a, b = flatten(old), flatten(new)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(ignore))
+    return [f"{k}: {a.get(k, '<absent>')!r} {where}, {b.get(k, '<absent>')!r} now" for k in keys]
 
 
 # ----------------------------------------------------------------------------- errors

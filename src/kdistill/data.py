@@ -393,7 +393,8 @@ class BatchLoader:
     """Iterate over a :class:`Split` in batches of dicts, shuffled reproducibly per epoch.
 
     The order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same batches as
-    an uninterrupted one. ``extra`` tensors (e.g. cached teacher logits, row-aligned with the split)
+    an uninterrupted one. With ``world > 1`` (distributed), rank ``r`` yields its share of each global
+    batch of ``batch_size`` rows. ``extra`` tensors (e.g. cached teacher logits, row-aligned with the split)
     are sliced alongside.
     """
 
@@ -404,14 +405,20 @@ class BatchLoader:
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world > 1 and batch_size % world:
+            raise ValueError(f"batch size {batch_size} is not divisible by the {world} processes; the global "
+                             f"batch is split evenly across them (use a multiple of {world})")  # fmt: skip
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.rank, self.world = rank, world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -434,4 +441,7 @@ class BatchLoader:
         order = self.order()
         for b in range(len(self)):
             rows = order[b * self.batch_size : (b + 1) * self.batch_size]
+            # Distributed: every rank walks the same global order and takes every world-th row of each
+            # global batch, so N processes together see exactly the batches of one process.
+            rows = rows[self.rank :: self.world]
             yield {"x": self.split.x[rows], "y": self.split.y[rows], "index": self.split.index[rows]}

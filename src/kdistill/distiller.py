@@ -22,6 +22,7 @@ from torch import nn
 from kdistill.losses import cross_entropy, kd_loss_parts, label_smoothing_ce
 from kdistill.taps import Tapped
 from kdistill.terms import LOGITS, Term
+from kdistill.views import ViewCache
 
 Batch = dict[str, torch.Tensor]
 
@@ -33,30 +34,58 @@ class StepOutput:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 runs fast here: CUDA with bf16, or a CPU whose oneDNN has bf16 kernels (AVX512-BF16, AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
 class FrozenTeacher(nn.Module):
     """A teacher that cannot be trained by accident.
 
     Its parameters never require grad, it stays in eval mode (BatchNorm statistics and dropout fixed)
-    even when a surrounding module calls ``.train()``, and its forward runs under ``no_grad``.
-    ``no_grad`` rather than ``inference_mode``: the logits become the KL's target, and autograd may
-    save them for the student's backward pass, which inference tensors forbid.
+    even when a surrounding module calls ``.train()``, and its forward runs under ``inference_mode``
+    (no autograd bookkeeping at all). The logits are cloned out of inference mode as float32, since
+    they become the KL's target and autograd may save them for the student's backward pass.
+
+    ``fast=True`` (the online KD path) stores the conv weights and feeds the input in channels_last
+    (NHWC) and runs under bf16 autocast where the hardware has bf16 kernels (CUDA, recent x86 CPUs):
+    measured on this project's CNN teacher on one CPU thread with AMX, 157 ms -> 40 ms per batch of 128.
+    The default is exact float32 (evaluation, caches).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, fast: bool = False) -> None:
         super().__init__()
         self.model = model
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
+        self.fast = fast
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         # Deliberately ignore ``mode``: a frozen teacher is always in eval mode.
         super().train(False)
         return self
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        fast = self.fast and self._bf16(x.device)
+        with torch.inference_mode(), torch.autocast(x.device.type, torch.bfloat16, enabled=fast):
+            if fast and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self.model(x).float()
+        return out.clone()
+
+    def _bf16(self, device: torch.device) -> bool:
+        known: dict = self.__dict__.setdefault("_bf16_on", {})
+        if device not in known:
+            known[device] = bf16_supported(device)
+            if known[device]:
+                self.model.to(memory_format=torch.channels_last)  # once; float32 calls accept it as well
+        return known[device]
 
 
 class LogitCache:
@@ -111,6 +140,7 @@ class LogitCache:
         return sum(t.numel() * t.element_size() for t in [self.logits, self.rows, *self.feats.values()])
 
     def _rows(self, index: torch.Tensor) -> torch.Tensor:
+        index = index.cpu()  # the cache lives in host memory; the batch may be on a GPU
         n = len(self.rows)
         # Negative indices would silently wrap around to another sample's row: refuse them.
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
@@ -155,9 +185,10 @@ class Distiller(nn.Module):
     with forward hooks (:class:`~kdistill.taps.Tapped`), so neither model's code changes. A term whose
     weight is 0 in the current epoch is not computed.
 
-    ``cache`` (optional) replaces the teacher's forward pass by a lookup of precomputed logits; it is
-    only correct without random augmentation and when no term reads a teacher layer, which is why the
-    pipeline decides when to pass one.
+    ``cache`` (optional) replaces the teacher's forward pass by a lookup of precomputed outputs: a
+    :class:`LogitCache` (one row per sample: only correct without random augmentation) or a
+    :class:`~kdistill.views.ViewCache` (``K`` fixed augmented views per sample; the training loop then
+    shows the student exactly those views, and ``batch["view"]`` says which one).
     """
 
     def __init__(
@@ -166,7 +197,7 @@ class Distiller(nn.Module):
         teacher: nn.Module,
         T: float = 4.0,
         alpha: float = 0.5,
-        cache: LogitCache | None = None,
+        cache: LogitCache | ViewCache | None = None,
         terms: Sequence[Term] = (),
     ) -> None:
         super().__init__()
@@ -179,7 +210,12 @@ class Distiller(nn.Module):
         self.epoch = 0
         s_layers = [t.student_layer for t in terms if t.student_layer != LOGITS]
         t_layers = [t.teacher_layer for t in terms if t.teacher_layer != LOGITS]
-        missing = sorted(set(t_layers) - set(cache.feats)) if cache is not None else []
+        if t_layers and isinstance(cache, ViewCache):
+            raise ValueError(
+                f"terms read teacher layers {sorted(set(t_layers))}, but a view cache stores logits only; "
+                "run the teacher online (kd.cache.mode=online) for feature terms with augmentation"
+            )
+        missing = sorted(set(t_layers) - set(cache.feats)) if isinstance(cache, LogitCache) else []
         if missing:
             raise ValueError(
                 f"the teacher cache holds no outputs of teacher layers {missing}; build it with "
@@ -197,8 +233,10 @@ class Distiller(nn.Module):
         self.epoch = epoch
 
     def teacher_logits(self, batch: Batch) -> torch.Tensor:
+        if isinstance(self.cache, ViewCache):
+            return self.cache(batch["index"], batch["view"]).to(batch["x"].device)
         if self.cache is not None:
-            return self.cache(batch["index"])
+            return self.cache(batch["index"]).to(batch["x"].device)
         return self.teacher(batch["x"])
 
     def check_batch(self, batch: Batch) -> None:
@@ -222,10 +260,11 @@ class Distiller(nn.Module):
         if self._t_tap is not None:
             with torch.no_grad():
                 t_logits, t_feats = self._t_tap(x)
-        elif self.cache is not None:
-            t_logits, t_feats = self.cache(batch["index"]), self.cache.features(batch["index"], self.t_layers)
+        elif isinstance(self.cache, LogitCache):
+            feats = self.cache.features(batch["index"].cpu(), self.t_layers)
+            t_logits, t_feats = self.teacher_logits(batch), {k: v.to(x.device) for k, v in feats.items()}
         else:
-            t_logits, t_feats = self.teacher(x), {}
+            t_logits, t_feats = self.teacher_logits(batch), {}
         s_feats[LOGITS], t_feats[LOGITS] = logits, t_logits
         parts = kd_loss_parts(logits, t_logits, batch["y"], self.T, self.alpha)
         loss = parts.pop("loss")

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
+from kdistill import dist
 from kdistill.adapters import AdapterError
-from kdistill.config import ConfigError, ExperimentConfig
+from kdistill.config import ConfigError, ExperimentConfig, config_diff
 from kdistill.data import BatchLoader, DataBundle, load_data
 from kdistill.distiller import Distiller, FrozenTeacher, LogitCache, Supervised
 from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
@@ -34,6 +36,7 @@ from kdistill.taps import LayerError, probe_shapes
 from kdistill.terms import LOGITS, Term, TermContext, TermError, build_term, get_method, layer_pairs
 from kdistill.trainer import fit, predict, score
 from kdistill.transfer import class_accuracy, label_free_shift, shift_logits
+from kdistill.views import CacheError, ViewCache, cache_key, is_augmented
 from kdistill.why import expected_calibration_error
 
 MODEL_FORMAT = "kdistill-model/1"
@@ -41,7 +44,8 @@ SMOKE = {"limit_train": 800, "limit_test": 500, "val_size": 200, "epochs": 1, "l
 
 
 def log(msg: str) -> None:
-    print(f"[kdistill {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    if dist.is_main():  # one voice per distributed run
+        print(f"[kdistill {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def smoke_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -57,7 +61,9 @@ def smoke_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def save_model(model: nn.Module, spec: dict, data: DataBundle, path: Path, **meta: Any) -> None:
-    """Weights plus the spec that rebuilds the model: a file that is loadable on its own."""
+    """Weights plus the spec that rebuilds the model: a file that is loadable on its own (rank 0 writes)."""
+    if not dist.is_main():
+        return
     atomic_save(
         {
             "format": MODEL_FORMAT,
@@ -94,7 +100,10 @@ class TeacherInfo:
     train_seconds: float
 
 
-def get_teacher(cfg: ExperimentConfig, data: DataBundle, run_dir: Path, smoke: bool) -> TeacherInfo:
+def get_teacher(
+    cfg: ExperimentConfig, data: DataBundle, run_dir: Path, smoke: bool, device: torch.device | None = None,
+    resume: bool = False,
+) -> TeacherInfo:
     spec = cfg.teacher.model.model_dump()
     torch.manual_seed(cfg.seeds[0])
     model = build_model(spec["arch"], data.input_shape, data.num_classes, spec["kwargs"])
@@ -124,23 +133,42 @@ def get_teacher(cfg: ExperimentConfig, data: DataBundle, run_dir: Path, smoke: b
 
     log(f"teacher: training {spec['arch']} ({count_params(model):,} params) for {cfg.teacher.train.epochs} epochs")
     res = fit(Supervised(model), data.train, data.val, cfg.teacher.train, seed=cfg.seeds[0],
-              out_dir=run_dir / "teacher", desc="teacher")  # fmt: skip
+              out_dir=run_dir / "teacher", desc="teacher", device=device, resume=resume)  # fmt: skip
     save_model(model, spec, data, path, data_fingerprint=data.fingerprint, train_seconds=res.train_seconds,
                teacher_key=key, best_epoch=res.best_epoch)  # fmt: skip
-    atomic_write_text(path.parent / "config.yaml", cfg.to_yaml())
-    # The run directory gets its own copy, so that `checkpoints/` can be refreshed from any run.
-    shutil.copyfile(path, run_dir / "teacher" / "weights.pt")
+    if dist.is_main():
+        atomic_write_text(path.parent / "config.yaml", cfg.to_yaml())
+        # The run directory gets its own copy, so that `checkpoints/` can be refreshed from any run.
+        shutil.copyfile(path, run_dir / "teacher" / "weights.pt")
+    dist.barrier()
     return TeacherInfo(model, "trained", path, res.train_seconds)
 
 
-def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
-    """Train/load the teacher and every (role, seed) student; write the run directory; return summary."""
+def run_experiment(cfg: ExperimentConfig, smoke: bool = False, resume: bool = False) -> dict:
+    """Train/load the teacher and every (role, seed) student; write the run directory; return summary.
+
+    ``resume=True`` continues an interrupted run of the same config: finished students are kept (their
+    ``row.json``), an unfinished one continues from its ``last.pt`` exactly where it stopped. Under
+    ``torchrun`` every rank runs this function; rank 0 alone writes files and returns the summary.
+    """
     if smoke:
         cfg = smoke_config(cfg)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    device = dist.resolve_device(cfg.device)
+    dist.setup(device)
+    dist.check_same(cfg.to_yaml(), "resolved config")
+    # Under torchrun the processes of one machine share its cores.
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local))
     run_dir = Path(cfg.output_dir) / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    if resume:
+        check_resumable(run_dir, cfg)
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        if not resume:  # a fresh start: no earlier run's finished students or checkpoints count
+            for old in [*run_dir.glob("*/row.json"), *run_dir.glob("*/last.pt")]:
+                old.unlink()
+    dist.barrier()
 
     data = load_data(
         cfg.data.name, root=cfg.data.root, download=cfg.data.download, val_size=cfg.data.val_size,
@@ -152,41 +180,40 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
         f"data: {data.name} train {len(data.train)}, val {len(data.val)}, test {len(data.test)}; student labels "
         f"{len(data.student_labelled)}, KD transfer set {len(data.transfer_set)}"
     )
-    t = get_teacher(cfg, data, run_dir, smoke)
-    teacher = FrozenTeacher(t.model)
+    if dist.world() > 1:
+        dist.check_same(data.fingerprint, "data")
+        log(f"distributed: {dist.world()} processes, {device.type}, global batch {cfg.student.train.batch_size}")
+    t = get_teacher(cfg, data, run_dir, smoke, device, resume)
+    t.model.to(device)
+    teacher = FrozenTeacher(t.model, fast=cfg.kd.cache.mode == "online")
     rows: list[dict] = []
     # Predictions are kept so that reports (soft targets, dark knowledge, calibration) are drawn from
     # files, never recomputed from logs: the teacher's on validation and test, each student's on test.
-    t_test, t_val = predict(teacher, data.test), predict(teacher, data.val)
+    t_test, t_val = predict(t.model, data.test), predict(t.model, data.val)
     te = score(t_test, data.test.y)
     # One test image per class (the first of each) for the soft-target figure of the report.
     firsts = [int((data.test.y == c).nonzero()[0]) for c in range(data.num_classes) if bool((data.test.y == c).any())]
-    atomic_save({"test_logits": t_test, "val_logits": t_val, "test_labels": data.test.y,
-                 "val_labels": data.val.y, "class_names": data.class_names, "sample_rows": torch.tensor(firsts),
-                 "sample_images": data.test.x[firsts]}, run_dir / "teacher" / "predictions.pt")  # fmt: skip
+    if dist.is_main():
+        atomic_save({"test_logits": t_test, "val_logits": t_val, "test_labels": data.test.y,
+                     "val_labels": data.val.y, "class_names": data.class_names, "sample_rows": torch.tensor(firsts),
+                     "sample_images": data.test.x[firsts]}, run_dir / "teacher" / "predictions.pt")  # fmt: skip
     rows.append(_row("teacher", cfg.seeds[0], t.model, cfg.teacher.model.arch, te, t.train_seconds, source=t.source,
                      weights=str(t.path), val_acc=score(t_val, data.val.y).acc,
                      test_ece=expected_calibration_error(t_test.softmax(1), data.test.y)))  # fmt: skip
     log(f"teacher: test acc {te.acc:.4f} ({te.errors} errors)")
 
-    # Teacher logits are computed once: without augmentation the student sees exactly these inputs.
-    # With augmentation a per-index cache would freeze one view, so the teacher then runs online.
-    cache = None
-    augmented = cfg.student.train.augment.shift > 0 or cfg.student.train.augment.flip
-    if not augmented and "kd" in cfg.roles:
-        t0 = time.perf_counter()
-        ts = data.transfer_set
-        layers = _teacher_layers(cfg)
-        cache = LogitCache.build(teacher, BatchLoader(ts, 500), layers)
-        what = "logits" + (f" and layers {', '.join(layers)}" if layers else "")
-        log(f"teacher {what} cached for {len(ts)} transfer images in {time.perf_counter() - t0:.1f}s "
-            f"({cache.nbytes() / 2**20:.0f} MiB)")  # fmt: skip
+    cache = teacher_cache(cfg, t.model, data, device) if "kd" in cfg.roles else None
 
     spec = cfg.student.model.model_dump()
     for seed in cfg.seeds:
         for role in cfg.roles:
+            out = run_dir / f"{role}-seed{seed}"
+            if resume and (out / "row.json").is_file():
+                rows.append(json.loads((out / "row.json").read_text()))
+                log(f"{role} seed {seed}: finished before the interruption, kept")
+                continue
             torch.manual_seed(seed)
-            student = build_model(spec["arch"], data.input_shape, data.num_classes, spec["kwargs"])
+            student = build_model(spec["arch"], data.input_shape, data.num_classes, spec["kwargs"]).to(device)
             extra: dict[str, Any] = {}
             if role == "kd":
                 terms = make_terms(cfg, student, t.model, data)
@@ -199,26 +226,92 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False) -> dict:
                 smoothing = cfg.label_smoothing.smoothing if role == "label_smoothing" else 0.0
                 objective = Supervised(student, smoothing=smoothing)
                 train_split = data.student_labelled
-            out = run_dir / f"{role}-seed{seed}"
-            res = fit(
-                objective, train_split, data.val, cfg.student.train, seed=seed, out_dir=out, desc=f"{role} s{seed}"
-            )
+            res = fit(objective, train_split, data.val, cfg.student.train, seed=seed, out_dir=out,
+                      desc=f"{role} s{seed}", device=device, resume=resume)  # fmt: skip
             save_model(student, spec, data, out / "weights.pt", role=role, seed=seed, best_epoch=res.best_epoch)
             test_logits = predict(student, data.test)
             ev = score(test_logits, data.test.y)
             extra["test_ece"] = expected_calibration_error(test_logits.softmax(1), data.test.y)
-            atomic_save({"test_logits": test_logits}, out / "predictions.pt")
             if data.excluded_classes:
                 s_val = predict(student, data.val)
                 extra.update(left_out_report(test_logits, s_val, t_val, data, cfg.kd.bias_shift))
-            rows.append(_row(role, seed, student, spec["arch"], ev, res.train_seconds, best_epoch=res.best_epoch,
-                             val_acc=res.best_val_acc, steps=res.steps, **extra))  # fmt: skip
+            row = _row(role, seed, student, spec["arch"], ev, res.train_seconds, best_epoch=res.best_epoch,
+                       val_acc=res.best_val_acc, steps=res.steps, **extra)  # fmt: skip
+            rows.append(row)
+            if dist.is_main():
+                atomic_save({"test_logits": test_logits}, out / "predictions.pt")
+                atomic_write_text(out / "row.json", json.dumps(row))  # written last: marks the student finished
             log(f"{role} seed {seed}: test acc {ev.acc:.4f} ({ev.errors} errors), {res.train_seconds:.0f}s")
 
-    summary = write_summary(run_dir, cfg, rows, smoke=smoke)
-    report = build_report(run_dir)
-    log(f"report: {report}")
+    summary: dict = {}
+    if dist.is_main():
+        summary = write_summary(run_dir, cfg, rows, smoke=smoke)
+        log(f"report: {build_report(run_dir)}")
+    dist.barrier()
     return summary
+
+
+# Keys that change how fast a run goes, not what it computes: a run may be resumed with others.
+RESUME_MAY_DIFFER = ("threads", "device")
+
+
+def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """``--resume`` needs a run directory of the same config that holds something to continue."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise CheckpointError(f"--resume: {run_dir} holds no run to resume (no config.yaml); start it without --resume")
+    diff = config_diff(yaml.safe_load(saved.read_text()) or {}, cfg.model_dump(mode="json"),
+                       f"in {saved}", ignore=RESUME_MAY_DIFFER)  # fmt: skip
+    if diff:
+        raise CheckpointError(
+            f"--resume: {run_dir} was started with another config: " + "; ".join(diff)
+            + ". Resume with the same config and overrides, or start a new run (e.g. another name=...)."
+        )
+    if not any(run_dir.glob("*/last.pt")) and not any(run_dir.glob("*/row.json")):
+        raise CheckpointError(f"--resume: {run_dir} has no checkpoint (no */last.pt) and no finished student; "
+                              "nothing to continue, so run it without --resume")  # fmt: skip
+
+
+def teacher_cache(cfg: ExperimentConfig, teacher: nn.Module, data: DataBundle, device: torch.device) -> Any:
+    """The kd student's teacher outputs, computed once, or ``None`` when the teacher must run online.
+
+    Without augmentation: one row of logits (and tapped layers) per transfer image, built by rank 0 and
+    shared with the other ranks. With augmentation: a :class:`ViewCache` of ``kd.cache.views`` fixed
+    views per image on disk, keyed by teacher, data and augmentation, reused by later runs.
+    """
+    cc = cfg.kd.cache
+    if cc.mode == "online":
+        log("teacher: online (runs on every training batch)")
+        return None
+    ts, layers = data.transfer_set, _teacher_layers(cfg)
+    aug = cfg.student.train.augment
+    if not is_augmented(aug):
+        t0 = time.perf_counter()
+        cache = LogitCache.build(teacher, BatchLoader(ts, 500), layers) if dist.is_main() else None
+        cache = dist.broadcast_object(cache)
+        what = "logits" + (f" and layers {', '.join(layers)}" if layers else "")
+        log(f"teacher {what} cached for {len(ts)} transfer images in {time.perf_counter() - t0:.1f}s "
+            f"({cache.nbytes() / 2**20:.0f} MiB)")  # fmt: skip
+        return cache
+    if layers:
+        log(f"teacher: online, since terms read teacher layers {layers} and a view cache holds logits only")
+        return None
+    key = cache_key(teacher, ts.x, ts.index, aug, cc.views, cfg.data.split_seed, cc.topk, cfg.kd.T)
+    path = Path(cc.dir or Path(cfg.output_dir) / "_teacher_cache") / key
+    if dist.is_main():
+        try:
+            cache = ViewCache.open(path, key)
+            log(f"teacher: reusing view cache {path} ({len(cache)} images x {cache.views} views)")
+        except CacheError as e:
+            if (path / "meta.json").exists():
+                log(f"teacher: {e}; rebuilding it")
+            t0 = time.perf_counter()
+            cache = ViewCache.build(teacher, ts, aug, cc.views, cfg.data.split_seed, path, key,
+                                    topk=cc.topk, T=cfg.kd.T, device=device)  # fmt: skip
+            log(f"teacher: {cc.views} augmented views of {len(ts)} transfer images cached in "
+                f"{time.perf_counter() - t0:.1f}s ({cache.nbytes() / 2**20:.1f} MiB, {path})")  # fmt: skip
+    dist.barrier()
+    return cache if dist.is_main() else ViewCache.open(path, key, verify=False)
 
 
 def left_out_report(

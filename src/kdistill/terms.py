@@ -228,6 +228,14 @@ class CRD(Term):
         self.negatives, self.temperature, self.shared = negatives, temperature, shared_negatives
         self.gen = torch.Generator().manual_seed(1)  # negatives drawn reproducibly
 
+    # The negatives' generator is part of the checkpoint (as the module's extra state), so that a
+    # resumed run draws the very negatives the uninterrupted one would have drawn.
+    def get_extra_state(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+
     def loss(self, s: torch.Tensor, t: torch.Tensor, batch: Batch) -> torch.Tensor:
         es = F.normalize(self.embed_s(self.pre(s)), dim=1)
         et = F.normalize(self.embed_t(self.pre(t).detach()), dim=1)

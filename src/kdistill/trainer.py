@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -19,40 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdistill.config import AugmentConfig, TrainConfig
+from kdistill import dist
+from kdistill.config import TrainConfig, config_diff
 from kdistill.data import BatchLoader, Split
-from kdistill.io import atomic_save, atomic_write_text
+from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
+from kdistill.views import ViewCache, augment_batch
 
 try:
     from tqdm.auto import tqdm
 except ImportError:  # pragma: no cover - tqdm is a declared dependency
     tqdm = None
-
-
-# ----------------------------------------------------------------------------- augmentation
-
-
-def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Random shift (pad + crop) and optional horizontal flip, per sample, on a whole batch.
-
-    Padding uses the batch minimum, i.e. the background of normalized Fashion-MNIST/digits images,
-    so a shifted image does not grow an artificial border.
-    """
-    if x.dim() != 4 or (cfg.shift == 0 and not cfg.flip):
-        return x
-    B, C, H, W = x.shape
-    if cfg.shift > 0:
-        p = cfg.shift
-        xp = F.pad(x, (p, p, p, p), value=float(x.amin()))
-        dy = torch.randint(0, 2 * p + 1, (B,), generator=gen)
-        dx = torch.randint(0, 2 * p + 1, (B,), generator=gen)
-        rows = (dy[:, None] + torch.arange(H)[None])[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(W)[None])[:, None, None, :]
-        x = xp[torch.arange(B)[:, None, None, None], torch.arange(C)[None, :, None, None], rows, cols]
-    if cfg.flip:
-        flip = torch.rand(B, generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -69,11 +47,18 @@ class EvalResult:
         return {f"{prefix}_acc": self.acc, f"{prefix}_errors": self.errors, f"{prefix}_nll": self.nll}
 
 
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, batch_size: int = 1000) -> torch.Tensor:
+    """Logits (float32, on the CPU) of ``model`` in eval mode on every row of ``split``, in order."""
     was = model.training
     model.eval()
-    out = torch.cat([model(b["x"]).float() for b in BatchLoader(split, batch_size)])
+    dev = model_device(model)
+    out = torch.cat([model(b["x"].to(dev)).float().cpu() for b in BatchLoader(split, batch_size)])
     model.train(was)
     return out
 
@@ -127,6 +112,19 @@ def make_lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], fl
 
 # ----------------------------------------------------------------------------- fit
 
+# Fault injection for the resume test (DEVELOPERS.md): with KDISTILL_KILL_AFTER_STEPS=N the process
+# SIGKILLs itself right after its N-th optimizer step, counted over every fit() of the process, i.e. at
+# an exactly known point in the middle of an epoch, which an outside `kill` could only hit by chance.
+_steps_taken = 0
+
+
+def _maybe_kill() -> None:
+    global _steps_taken
+    _steps_taken += 1
+    if _steps_taken == int(os.environ.get("KDISTILL_KILL_AFTER_STEPS", "0")):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 
 @dataclass
 class FitResult:
@@ -148,34 +146,71 @@ def fit(
     desc: str = "train",
     progress: bool | None = None,
     verbose: bool = True,
+    device: torch.device | str | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Train ``objective.model`` by minimizing ``objective(batch).loss``.
 
     After every epoch the model is evaluated on ``val``; the weights with the best validation accuracy
     are kept (and restored into the model at the end), so model selection never looks at test data.
-    With ``out_dir``, writes ``metrics.jsonl``, ``metrics.csv``, ``best.pt`` and ``last.pt`` there.
+    With ``out_dir``, writes ``metrics.jsonl``, ``metrics.csv``, ``best.pt`` and ``last.pt`` there;
+    ``last.pt`` holds everything needed to continue exactly (``resume=True``): weights, the objective's
+    own state, optimizer, scheduler, RNG states, history and best-so-far, at the end of each epoch.
+    Data order depends only on ``(seed, epoch)``, so a resumed run replays the interrupted epoch exactly.
+
+    Under ``torchrun`` the objective is wrapped in DistributedDataParallel (its teacher excluded), each
+    process takes its share of every global batch of ``cfg.batch_size``, training metrics are summed
+    over processes, and only rank 0 writes files.
     """
     model: nn.Module = objective.model
+    device = torch.device(device) if device is not None else model_device(model)
+    objective.to(device)
     torch.manual_seed(seed)
     params = [p for p in objective.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{desc}: the objective has no trainable parameters")
-    loader = BatchLoader(train, cfg.batch_size, shuffle=True, seed=seed, drop_last=len(train) > cfg.batch_size)
+    rank, world = dist.rank(), dist.world()
+    drop_last = len(train) > cfg.batch_size
+    loader = BatchLoader(train, cfg.batch_size, shuffle=True, seed=seed, drop_last=drop_last, rank=rank, world=world)
     if cfg.steps is not None:
         cfg = cfg.model_copy(update={"epochs": max(1, -(-cfg.steps // len(loader)))})
     opt = make_optimizer(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, make_lr_lambda(cfg, len(loader)))
-    aug_gen = torch.Generator().manual_seed(seed + 7919)
+    aug_gen = torch.Generator().manual_seed(seed + 7919 + rank)  # each process its own augmentation draws
+    views = getattr(objective, "cache", None)
+    views = views if isinstance(views, ViewCache) else None
+    runner = _wrap_distributed(objective, device) if world > 1 else objective
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     if progress is None:
-        progress = sys.stderr.isatty()
-    if out_dir is not None:
+        progress = sys.stderr.isatty() and dist.is_main()
+    writes = out_dir is not None and dist.is_main()
+    if writes:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     history: list[dict] = []
     best_acc, best_epoch, best_state = -1.0, -1, None
-    seconds = 0.0
-    for epoch in range(cfg.epochs):
+    seconds, start = 0.0, 0
+    fingerprint = _fit_fingerprint(cfg, train, seed, world)
+    last = out_dir / "last.pt" if out_dir is not None else None
+    if resume and last is not None and last.is_file():
+        ck = _load_resume(last, fingerprint, desc)
+        model.load_state_dict(ck["state_dict"])
+        _load_objective_state(objective, ck["objective_state"], last)
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        rng = ck["rng"][rank]
+        torch.set_rng_state(rng["torch"])
+        aug_gen.set_state(rng["aug"])
+        if "cuda" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        history, seconds, start = list(ck["history"]), float(ck["seconds"]), int(ck["epoch"])
+        best_acc, best_epoch, best_state = float(ck["best_acc"]), int(ck["best_epoch"]), ck["best_state"]
+        if verbose and dist.is_main():
+            print(f"  {desc}: resumed from {last} after epoch {start}/{cfg.epochs}", flush=True)
+    if writes:  # the metrics file always matches the history (none on a fresh start)
+        atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+    for epoch in range(start, cfg.epochs):
         objective.train()
         loader.set_epoch(epoch)
         if hasattr(objective, "set_epoch"):
@@ -185,8 +220,13 @@ def fit(
         t0 = time.perf_counter()
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress or tqdm is None)
         for batch in bar:
-            batch["x"] = augment_batch(batch["x"], cfg.augment, aug_gen)
-            out = objective(batch)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if views is not None:
+                batch = views.student_batch(batch, epoch, seed)  # exactly the views the teacher's rows belong to
+            else:
+                batch["x"] = augment_batch(batch["x"], cfg.augment, aug_gen)
+            with autocast:
+                out = runner(batch)
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(
                     f"{desc}: loss became {out.loss.item()} at epoch {epoch + 1}; lower the learning rate"
@@ -195,6 +235,7 @@ def fit(
             out.loss.backward()
             opt.step()
             sched.step()
+            _maybe_kill()
             n = batch["x"].shape[0]
             sums["loss"] = sums.get("loss", 0.0) + out.loss.item() * n
             for k, v in out.parts.items():
@@ -203,7 +244,11 @@ def fit(
             correct += int((out.logits.detach().argmax(1)[labelled] == batch["y"][labelled]).sum())
             seen += int(labelled.sum())
         seconds += time.perf_counter() - t0
+        keys = sorted(sums)
+        totals = dist.all_sum([sums[k] for k in keys] + [correct, seen])
+        sums, correct, seen = dict(zip(keys, totals[:-2], strict=True)), totals[-2], totals[-1]
         n_rows = len(loader) * loader.batch_size if loader.drop_last else len(train)
+        dist.sync_buffers(model)  # every rank evaluates rank 0's model: same numbers, same best epoch
         v = evaluate(model, val, cfg.eval_batch_size)
         row = {"epoch": epoch + 1, **{f"train_{k}": s / n_rows for k, s in sums.items()}}
         row["train_acc"] = correct / seen if seen else float("nan")
@@ -214,18 +259,24 @@ def fit(
         if v.acc > best_acc:
             best_acc, best_epoch = v.acc, epoch + 1
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-            if out_dir is not None:
+            if writes:
                 atomic_save({"state_dict": best_state, "objective_state": objective_state(objective),
                              "epoch": epoch + 1, "val_acc": v.acc}, out_dir / "best.pt")  # fmt: skip
-        if out_dir is not None:
+        rng = {"torch": torch.get_rng_state(), "aug": aug_gen.get_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        rngs = dist.gather_objects(rng)  # every rank's RNG, so that each one resumes its own streams
+        if writes:
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             atomic_save(
                 {"state_dict": model.state_dict(), "objective_state": objective_state(objective),
-                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1},
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
+                 "rng": rngs, "history": history, "seconds": seconds, "best_acc": best_acc,
+                 "best_epoch": best_epoch, "best_state": best_state, "fingerprint": fingerprint},
                 out_dir / "last.pt",
             )  # fmt: skip
-        if verbose and (cfg.epochs <= 30 or (epoch + 1) % max(1, cfg.epochs // 10) == 0):
+        if verbose and dist.is_main() and (cfg.epochs <= 30 or (epoch + 1) % max(1, cfg.epochs // 10) == 0):
             print(
                 f"  {desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
                 f"val_acc {v.acc:.4f} ({seconds:.0f}s)",
@@ -233,9 +284,52 @@ def fit(
             )
     assert best_state is not None
     model.load_state_dict(best_state)
-    if out_dir is not None:
+    if writes:
         write_metrics_csv(history, out_dir / "metrics.csv")
     return FitResult(best_epoch, best_acc, seconds, history, steps=cfg.epochs * len(loader))
+
+
+def _wrap_distributed(objective: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel over the student and whatever the objective trains (adapters, heads).
+
+    The frozen teacher is excluded from DDP's parameter and buffer handling: it has nothing to
+    synchronise and broadcasting its buffers every step would be pure overhead.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ignore = [n for n, _ in [*objective.named_parameters(), *objective.named_buffers()] if n.startswith("teacher.")]
+    DDP._set_params_and_buffers_to_ignore_for_model(objective, ignore)
+    # Terms with a warm-up are skipped while their weight is 0, leaving their adapters without grads.
+    has_terms = len(getattr(objective, "terms", ())) > 0
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(objective, device_ids=ids, find_unused_parameters=has_terms)
+
+
+def _fit_fingerprint(cfg: TrainConfig, train: Split, seed: int, world: int) -> dict:
+    """What a checkpoint must agree on to be continued: recipe, data size, seed, number of processes."""
+    return {"train": cfg.model_dump(mode="json"), "rows": len(train), "seed": seed, "world": world}
+
+
+def _load_resume(path: Path, fingerprint: dict, desc: str) -> dict:
+    ck = safe_load(path)
+    needed = {"state_dict", "optimizer", "scheduler", "epoch", "rng", "history", "best_state", "fingerprint"}
+    if not isinstance(ck, dict) or not needed <= set(ck):
+        missing = sorted(needed - set(ck)) if isinstance(ck, dict) else sorted(needed)
+        raise CheckpointError(f"{path} cannot be resumed: it lacks {', '.join(missing)} (an older kdistill's?)")
+    diff = config_diff(ck["fingerprint"], fingerprint, "in the checkpoint")
+    if diff:
+        raise CheckpointError(f"{desc}: cannot resume from {path}, it was trained differently: " + "; ".join(diff))
+    if len(ck["rng"]) != dist.world():
+        raise CheckpointError(f"{path} was written by {len(ck['rng'])} processes, this run has {dist.world()}")
+    return ck
+
+
+def _load_objective_state(objective: nn.Module, state: dict, path: Path) -> None:
+    missing, unexpected = objective.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("model.", "teacher."))]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the objective's state does not match (missing {missing}, unexpected "
+                              f"{unexpected}); the checkpoint belongs to other loss terms")  # fmt: skip
 
 
 def objective_state(objective: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,508 @@
+"""Deploy the student: a run's student as ONNX / safetensors / TorchScript, checked against PyTorch.
+
+``export_run(run_dir)`` writes ``<run_dir>/export/``::
+
+    student.json          what the files hold: model spec, input shape, classes, source run, accuracy
+    student.safetensors   the weights (rebuild with ``load_exported(dir)``)
+    student.onnx          the forward pass, batch dimension dynamic (input "input", output "logits")
+    student.torchscript.pt  (only with format "torchscript")
+    verify.json           ONNX Runtime (and TorchScript / safetensors) outputs vs PyTorch's on test images
+
+The files are written into a temporary directory beside the target, which is renamed into place only
+when every export and check succeeded: a failed export leaves no partial directory behind, and an
+earlier export in the same place stays as it was.
+
+Which student: by default the student (any role but the teacher) with the best **validation**
+accuracy, ``val_acc`` in ``summary.json`` — the same rule as every other choice in kdistill, so the
+test set stays out of it; ties go to role ``kd``, then to the lowest seed. ``role=`` / ``seed=``
+narrow the choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdistill.io import CheckpointError, safe_load
+from kdistill.models import build_model, count_params, load_state_strict
+
+EXPORT_FORMAT = "kdistill-export/1"
+MODEL_FORMAT = "kdistill-model/1"  # kdistill.pipeline.save_model's files
+FORMATS = ("onnx", "safetensors", "torchscript")
+DEFAULT_FORMATS = ("onnx", "safetensors")
+FILES = {"onnx": "student.onnx", "safetensors": "student.safetensors", "torchscript": "student.torchscript.pt"}
+TOLERANCE = 1e-4  # max |logit difference| accepted between PyTorch and an exported file
+# Opset 17 is read by every onnxruntime from 1.14 on (the extra asks for >= 1.18) and has every
+# operator of the built-in models; newer opsets only narrow which runtimes can load the file.
+ONNX_OPSET = 17
+# torch >= 2.9 defaults to the torch.export-based exporter (dynamo=True), which needs the onnxscript
+# package and, on torch 2.13, takes seconds per model and writes the weights to a second file
+# (student.onnx.data). The TorchScript-based exporter (dynamo=False) needs only onnx, takes a tenth
+# of a second and writes one self-contained file; it is deprecated but works on torch 2.2-2.13, and
+# the parity check below catches any difference in what it produces.
+ONNX_EXPORTER = "torch.onnx.export(dynamo=False), the TorchScript-based exporter"
+INSTALL_ONNX = "pip install 'kdistill[onnx]'"
+
+
+class ExportError(ValueError):
+    """A run cannot be exported (no finished student, a missing package, an unsupported operator)."""
+
+
+def _log(msg: str) -> None:
+    print(f"[kdistill export] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- choosing the student
+
+
+def _summary(run_dir: Path) -> dict:
+    if not run_dir.is_dir():
+        raise ExportError(f"run directory {run_dir} does not exist")
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        raise ExportError(
+            f"run {run_dir} has no summary.json: the run did not finish (or this is not a run directory); "
+            "finish it with `kdistill run CONFIG` first"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"run {run_dir}: summary.json is not valid JSON ({e})") from None
+
+
+def _val(row: dict) -> float:
+    v = row.get("val_acc")
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return -math.inf
+    return -math.inf if math.isnan(v) else v
+
+
+def choose_student(run_dir: str | Path, role: str | None = None, seed: int | None = None) -> dict:
+    """The ``summary.json`` row of the student to export (see the module docstring for the rule)."""
+    run_dir = Path(run_dir)
+    rows = _summary(run_dir).get("rows", [])
+    students = [r for r in rows if r.get("role") != "teacher"]
+    finished = [r for r in students if (run_dir / f"{r['role']}-seed{r['seed']}" / "weights.pt").is_file()]
+    if not finished:
+        if not students:
+            what = "summary.json lists no student (only " + (", ".join(r.get("role", "?") for r in rows) or "no model")
+            what += "); the run was teacher-only (roles: [])"
+        else:
+            missing = ", ".join(f"{r['role']}-seed{r['seed']}/weights.pt" for r in students)
+            what = f"summary.json lists students but their weights are missing: {missing}"
+        raise ExportError(f"run {run_dir} has no finished student to export: {what}")
+    chosen = [r for r in finished if (role is None or r["role"] == role) and (seed is None or r["seed"] == seed)]
+    if not chosen:
+        want = " and ".join(
+            x for x in (f"role {role!r}" if role else "", f"seed {seed}" if seed is not None else "") if x
+        )
+        have = ", ".join(f"{r['role']} seed {r['seed']}" for r in finished)
+        raise ExportError(f"run {run_dir} has no finished student with {want}; it has: {have}")
+    return max(chosen, key=lambda r: (_val(r), r["role"] == "kd", -int(r["seed"])))
+
+
+# ----------------------------------------------------------------------------- the export
+
+
+def export_run(
+    run_dir: str | Path,
+    formats: Iterable[str] = DEFAULT_FORMATS,
+    out_dir: str | Path | None = None,
+    role: str | None = None,
+    seed: int | None = None,
+    check_images: int = 1000,
+    verbose: bool = True,
+) -> dict:
+    """Export a run's student (see the module docstring) and check each file against PyTorch.
+
+    ``formats``: any of ``onnx``, ``safetensors``, ``torchscript``. ``out_dir`` defaults to
+    ``<run_dir>/export`` and is replaced as a whole. The check runs the first ``check_images`` test
+    images of the run's dataset (loaded offline, as the run's ``config.yaml`` describes it) through
+    PyTorch and each exported file: the largest logit difference must be <= 1e-4 and every argmax
+    equal, or nothing is written. When the dataset is not on this machine (or ``check_images=0``),
+    64 random inputs are used instead and ``verify.json`` says so.
+
+    Returns ``student.json``'s content plus ``out_dir`` and ``verify`` (``verify.json``'s content).
+    """
+    run_dir = Path(run_dir)
+    fmts = _formats(formats)
+    row = choose_student(run_dir, role, seed)
+    _need_packages(fmts)
+    name = f"{row['role']}-seed{row['seed']}"
+    weights = run_dir / name / "weights.pt"
+    model, saved = _load_student(weights)
+    shape, num_classes = tuple(saved["input_shape"]), int(saved["num_classes"])
+    x, inputs, labels = _check_inputs(run_dir, shape, check_images)
+    class_names = _class_names(run_dir, num_classes)
+    if verbose:
+        _log(
+            f"{run_dir}: exporting {name} ({saved['spec']['arch']}, {count_params(model):,} params, "
+            f"val acc {_pct(row.get('val_acc'))}, test acc {_pct(row.get('test_acc'))}) as {', '.join(fmts)}"
+        )
+
+    out = Path(out_dir) if out_dir is not None else run_dir / "export"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        with torch.inference_mode():
+            reference = model(x)
+        verify: dict[str, Any] = {
+            "inputs": inputs,
+            "n": int(x.shape[0]),
+            "tolerance": TOLERANCE,
+            "torch_acc": _acc(reference, labels),
+        }
+        manifest: dict[str, Any] = {
+            "format": EXPORT_FORMAT,
+            "spec": saved["spec"],
+            "input_shape": list(shape),
+            "num_classes": num_classes,
+            "class_names": class_names,
+            "input": {
+                "name": "input",
+                "shape": ["batch", *shape],
+                "dtype": "float32",
+                "preprocessing": "as kdistill.data.load_data returns images: pixel / 255, then standardized "
+                "with the mean and std of the training images",
+            },
+            "output": {"name": "logits", "shape": ["batch", num_classes]},
+            "source": {
+                "run": str(run_dir.resolve()),
+                "role": row["role"],
+                "seed": row["seed"],
+                "weights": f"{name}/weights.pt",
+                "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+                "selected_by": "role/seed given" if (role or seed is not None) else "best val_acc among students",
+                "smoke": bool(_summary(run_dir).get("smoke", False)),  # smoke runs: tiny data, numbers meaningless
+            },
+            "metrics": {k: row.get(k) for k in ("test_acc", "val_acc", "test_errors", "test_nll")},
+            "params": count_params(model),
+            "files": {f: FILES[f] for f in fmts},
+            "torch": torch.__version__,
+        }
+        if "safetensors" in fmts:
+            verify["safetensors"] = _export_safetensors(model, tmp / FILES["safetensors"], manifest, x, reference)
+        if "onnx" in fmts:
+            manifest["onnx"] = {
+                "opset": ONNX_OPSET,
+                "exporter": ONNX_EXPORTER,
+                "dynamic_axes": {"input": {"0": "batch"}, "logits": {"0": "batch"}},
+            }
+            _export_onnx(model, x[:2], tmp / FILES["onnx"], name)
+            verify["onnx"] = _check_onnx(tmp / FILES["onnx"], x, reference, labels)
+        if "torchscript" in fmts:
+            verify["torchscript"] = _export_torchscript(model, x, tmp / FILES["torchscript"], reference, labels)
+        failed = [f for f in fmts if f in verify and not verify[f]["ok"]]
+        verify["ok"] = not failed
+        if verbose:
+            for f in fmts:
+                _log(f"verify {f}: {_verify_line(verify[f], inputs)}")
+        if failed:
+            raise ExportError(
+                f"exported {', '.join(failed)} of {run_dir}/{name} do not match PyTorch on {inputs}: "
+                + "; ".join(f"{f}: {_verify_line(verify[f], inputs)}" for f in failed)
+                + ". Nothing was written."
+            )
+        (tmp / "student.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / "verify.json").write_text(json.dumps(verify, indent=2) + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if verbose:
+        _log(f"wrote {out}/: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    return {**manifest, "out_dir": str(out), "verify": verify}
+
+
+def _formats(formats: Iterable[str] | str) -> list[str]:
+    if isinstance(formats, str):
+        formats = [formats]
+    out: list[str] = []
+    for item in formats:
+        for f in str(item).split(","):
+            f = f.strip().lower()
+            if not f:
+                continue
+            if f not in FORMATS:
+                raise ExportError(f"unknown export format {f!r}; choose from {', '.join(FORMATS)}")
+            if f not in out:
+                out.append(f)
+    if not out:
+        raise ExportError(f"no export format given; choose from {', '.join(FORMATS)}")
+    return out
+
+
+def _need_packages(fmts: list[str]) -> None:
+    missing = []
+    if "onnx" in fmts:
+        for mod in ("onnx", "onnxruntime"):
+            try:
+                __import__(mod)
+            except ImportError:
+                missing.append(mod)
+    if "safetensors" in fmts:
+        try:
+            import safetensors.torch  # noqa: F401
+        except ImportError:
+            missing.append("safetensors")
+    if missing:
+        raise ExportError(
+            f"exporting {', '.join(fmts)} needs the package(s) {', '.join(missing)}, which are not installed: "
+            f"{INSTALL_ONNX}"
+        )
+
+
+def _load_student(path: Path) -> tuple[nn.Module, dict]:
+    """Rebuild the student from its ``weights.pt`` (read with weights_only=True, via safe_load)."""
+    obj = safe_load(path)
+    if not (isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT):
+        raise CheckpointError(f"{path} is not a kdistill model file (format {MODEL_FORMAT}); cannot export it")
+    spec = obj["spec"]
+    model = build_model(spec["arch"], obj["input_shape"], obj["num_classes"], spec.get("kwargs"))
+    load_state_strict(model, obj["state_dict"], str(path))
+    return model.eval(), obj
+
+
+def _check_inputs(run_dir: Path, shape: tuple[int, ...], n: int) -> tuple[torch.Tensor, str, torch.Tensor | None]:
+    """The first ``n`` test images of the run's dataset, or 64 random inputs when they cannot be had."""
+    reason = "check_images=0"
+    if n > 0:
+        try:
+            x, y, what = _test_images(run_dir, n)
+            if tuple(x.shape[1:]) == shape:
+                return x, what, y
+            reason = f"test images have shape {tuple(x.shape[1:])}, the model takes {shape}"
+        except Exception as e:  # noqa: BLE001 - any failure to get the data only weakens the check
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    x = torch.randn(64, *shape, generator=torch.Generator().manual_seed(0))
+    return x, f"64 random inputs (no test images: {reason})", None
+
+
+def _test_images(run_dir: Path, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    import yaml
+
+    from kdistill.data import load_data
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    # Only the data section is read (not validated as a whole config), so that runs written by other
+    # kdistill versions still export. The test split depends on nothing but the dataset itself.
+    data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+    bundle = load_data(
+        data.get("name", "fashion_mnist"),
+        root=data.get("root"),
+        download=False,
+        val_size=1,
+        limit_test=n,
+        synthetic=data.get("synthetic") or None,
+    )
+    return bundle.test.x, bundle.test.y, f"the first {len(bundle.test)} test images of {bundle.name}"
+
+
+def _class_names(run_dir: Path, num_classes: int) -> list[str] | None:
+    path = run_dir / "teacher" / "predictions.pt"
+    try:
+        names = safe_load(path).get("class_names")
+    except (CheckpointError, AttributeError):
+        return None
+    return [str(c) for c in names] if names is not None and len(names) == num_classes else None
+
+
+def _acc(logits: torch.Tensor, labels: torch.Tensor | None) -> float | None:
+    if labels is None:
+        return None
+    return float((torch.as_tensor(logits).argmax(1) == labels).float().mean())
+
+
+def _compare(out: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    out = torch.as_tensor(out).float()
+    diff = float((out - reference).abs().max()) if out.shape == reference.shape else math.inf
+    mismatches = int((out.argmax(1) != reference.argmax(1)).sum()) if out.shape == reference.shape else -1
+    return {
+        "max_abs_diff": diff,
+        "argmax_mismatches": mismatches,
+        "acc": _acc(out, labels),
+        "ok": diff <= TOLERANCE and mismatches == 0,
+    }
+
+
+def _verify_line(v: dict, inputs: str) -> str:
+    text = f"max |logit diff| {v['max_abs_diff']:.2e} (<= {TOLERANCE:g}: {'yes' if v['ok'] else 'NO'}), "
+    text += f"{v['argmax_mismatches']} argmax mismatches on {inputs}"
+    if v.get("acc") is not None:
+        text += f", acc {100 * v['acc']:.2f} %"
+    return text
+
+
+def _pct(x: Any) -> str:
+    try:
+        return f"{100 * float(x):.2f} %"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+def _export_safetensors(model: nn.Module, path: Path, manifest: dict, x: torch.Tensor, reference: torch.Tensor) -> dict:
+    from safetensors.torch import save_model
+
+    # save_model (not save_file) de-duplicates tied weights, which save_file refuses.
+    save_model(
+        model,
+        str(path),
+        metadata={"format": EXPORT_FORMAT, "spec": json.dumps(manifest["spec"])},
+        force_contiguous=True,
+    )
+    reloaded = _rebuild(manifest, path)
+    with torch.inference_mode():
+        out = reloaded(x)
+    return _compare(out, reference, None)
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, name: str) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's own deprecation notice (see ONNX_EXPORTER)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        import onnx
+
+        onnx.checker.check_model(str(path))
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; all are reported the same way
+        raise ExportError(_onnx_failure(e, name)) from e
+
+
+def _onnx_failure(e: BaseException, name: str) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    op = re.search(r"\b((?:aten|prim|onnx|quantized|torchvision)(?:::|\.)[A-Za-z_][\w.]*)", text)
+    if op:
+        return (
+            f"ONNX export of {name} failed at operator {op.group(1)}: {first}. Replace that operator in the "
+            "model, or export without ONNX (--format safetensors)."
+        )
+    return f"ONNX export of {name} failed: {type(e).__name__}: {first}"
+
+
+def _check_onnx(path: Path, x: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    out = torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
+    result = _compare(out, reference, labels)
+    # The batch dimension is dynamic: one image alone must give the same logits as in the batch.
+    single = torch.from_numpy(session.run(["logits"], {"input": x[:1].numpy()})[0])
+    one = _compare(single, reference[:1], None)
+    result.update(
+        batch_sizes=[int(x.shape[0]), 1],
+        max_abs_diff=max(result["max_abs_diff"], one["max_abs_diff"]),
+        ok=result["ok"] and one["ok"],
+        runtime=f"onnxruntime {ort.__version__}",
+    )
+    return result
+
+
+def _export_torchscript(
+    model: nn.Module, x: torch.Tensor, path: Path, reference: torch.Tensor, labels: torch.Tensor | None
+) -> dict:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
+            traced = torch.jit.trace(model, x[:2])
+            torch.jit.save(traced, str(path))
+            loaded = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"TorchScript export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    with torch.inference_mode():
+        out = loaded(x)
+    return _compare(out, reference, labels)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Put ``tmp`` where ``out`` is, replacing an earlier ``out`` only once the new one is in place."""
+    mask = _umask()
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700 (and safetensors 0600): give ordinary permissions
+    for f in tmp.iterdir():
+        os.chmod(f, 0o666 & ~mask)
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        os.replace(out, old / out.name)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old / out.name, out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ----------------------------------------------------------------------------- loading an export
+
+
+def _rebuild(manifest: dict, weights: Path) -> nn.Module:
+    from safetensors.torch import load_model
+
+    model = build_model(
+        manifest["spec"]["arch"], manifest["input_shape"], manifest["num_classes"], manifest["spec"].get("kwargs")
+    )
+    load_model(model, str(weights), strict=True)
+    return model.eval()
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """The exported student as a PyTorch module in eval mode, from ``student.json`` + ``student.safetensors``.
+
+    ``path`` is the export directory (or its ``student.json``). The model is rebuilt from its spec, so
+    a user architecture (``package.module:factory``) must be importable here too.
+    """
+    path = Path(path)
+    folder = path.parent if path.suffix == ".json" else path
+    manifest_path = folder / "student.json"
+    if not manifest_path.is_file():
+        raise ExportError(f"{folder} is not a kdistill export (no student.json); make one with `kdistill export RUN`")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != EXPORT_FORMAT:
+        raise ExportError(f"{manifest_path}: format {manifest.get('format')!r}, expected {EXPORT_FORMAT!r}")
+    weights = folder / FILES["safetensors"]
+    if not weights.is_file():
+        raise ExportError(f"{folder} has no {weights.name}: export with --format safetensors to load it in PyTorch")
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        raise ExportError("loading an export needs the safetensors package: pip install safetensors") from None
+    return _rebuild(manifest, weights)
