@@ -196,3 +196,51 @@ def test_feature_terms_cannot_read_a_view_cache() -> None:
     term = build_term("fitnet", TermContext("0", "0", (4, 8, 8), (4, 8, 8), 3, 200, 4.0, "none"), {}, 1.0, 0.0)
     with pytest.raises(ValueError, match="kd.cache.mode=online"):
         Distiller(student, teacher, cache=cache, terms=[term])
+
+
+# ----------------------------------------------------------------------------- in the pipeline
+
+
+def _run_overrides(out: Path, shift: int = 1) -> list[str]:
+    return [
+        "data.name=synthetic",
+        "data.val_size=60",
+        "data.synthetic={n_train: 300, n_test: 100, num_classes: 3, side: 8}",
+        "teacher.model.arch=mlp",
+        "teacher.model.kwargs={hidden: [16]}",
+        "teacher.train.epochs=1",
+        "student.model.kwargs={hidden: [8]}",
+        "student.train.epochs=1",
+        f"student.train.augment={{shift: {shift}}}",
+        "kd.cache.views=2",
+        "roles=[kd]",
+        "threads=1",
+        f"output_dir={out}",
+    ]
+
+
+def test_pipeline_builds_the_view_cache_once_and_rebuilds_it_when_something_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdistill.config import load_config
+    from kdistill.pipeline import run_experiment
+
+    # The report's figures are tested elsewhere; here they would only cost time.
+    monkeypatch.setattr("kdistill.pipeline.build_report", lambda run_dir: run_dir / "report.html")
+    run_experiment(load_config(None, _run_overrides(tmp_path)))
+    assert "augmented views of 240 transfer images cached" in capsys.readouterr().out
+    caches = list((tmp_path / "_teacher_cache").iterdir())
+    assert len(caches) == 1
+
+    run_experiment(load_config(None, _run_overrides(tmp_path)))
+    assert "reusing view cache" in capsys.readouterr().out
+
+    run_experiment(load_config(None, _run_overrides(tmp_path, shift=2)))  # another augmentation: another key
+    assert "cached" in capsys.readouterr().out and len(list((tmp_path / "_teacher_cache").iterdir())) == 2
+
+    logits = caches[0] / "logits.f16"
+    logits.write_bytes(logits.read_bytes()[:-2])  # damaged: reported, rebuilt, never loaded
+    run_experiment(load_config(None, _run_overrides(tmp_path)))
+    out = capsys.readouterr().out
+    assert "has 2878 bytes, meta.json says 2880" in out and "rebuilding it" in out
+    assert ViewCache.open(caches[0]).logits.shape == (240, 2, 3)

@@ -118,6 +118,11 @@ class KDConfig(_Strict):
         None, description="also report a fixed shift added to the left-out classes' logits (Hinton used 3.5)"
     )
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    teacher_precision: Literal["auto", "float32"] = Field(
+        "auto",
+        description="teacher forward for soft targets (online, and building a view cache): auto = channels_last "
+        "+ bf16 autocast where the hardware has bf16 kernels (CUDA, AVX512-BF16/AMX CPUs), else float32",
+    )
 
 
 class LabelSmoothingConfig(_Strict):
@@ -153,7 +158,92 @@ class TermConfig(_Strict):
         return self
 
 
-Role = Literal["scratch", "kd", "label_smoothing"]
+class DMLConfig(_Strict):
+    """Role ``dml``: deep mutual learning (Zhang et al. 2018). A cohort of peers trained together from
+    scratch with ``student.train``'s recipe, one forward per peer per step; each peer's loss is
+    ``(1 - alpha) CE + alpha T^2 KL(peer_j || peer_i)`` averaged over the other peers ``j``, whose soft
+    targets are detached (no gradient flows from one peer's loss into another peer)."""
+
+    peers: list[ModelSpec] | None = Field(
+        None, description="the cohort: >= 2 model specs, any architectures; null = two copies of student.model"
+    )
+    T: float | None = Field(None, gt=0, description="temperature of the peers' soft targets; null = kd.T")
+    alpha: float | None = Field(None, ge=0, le=1, description="weight of the soft-target term; null = kd.alpha")
+
+    @field_validator("peers")
+    @classmethod
+    def _cohort(cls, v: list[ModelSpec] | None) -> list[ModelSpec] | None:
+        if v is not None and len(v) < 2:
+            raise ValueError(
+                f"a cohort needs at least 2 peers, got {len(v)}; add a peer (e.g. a copy of student.model), "
+                "or train one model alone with role scratch"
+            )
+        return v
+
+
+class BornAgainConfig(_Strict):
+    """Role ``born_again``: born-again networks (Furlanello et al. 2018). Generation 0 has the student's
+    architecture; generation ``k + 1`` (same architecture, new initialisation) is distilled from generation
+    ``k``, frozen and loaded from its saved weights. Reported: every generation and their ensemble."""
+
+    generations: int = Field(3, ge=1, description="born-again generations after generation 0")
+    start: Literal["labels", "teacher"] = Field(
+        "labels",
+        description="generation 0: trained on the labels (as in Furlanello et al.) or distilled from the teacher",
+    )
+    T: float | None = Field(None, gt=0, description="null = kd.T")
+    alpha: float | None = Field(None, ge=0, le=1, description="null = kd.alpha")
+
+
+class MultiTeacherConfig(_Strict):
+    """Role ``multi_teacher``: a student distilled from the weighted mean of several teachers' soft targets
+    (at T), with the same KD loss as the ``kd`` role."""
+
+    teachers: list[TeacherConfig] = Field(
+        description="teachers besides the run's own (teacher:), each loaded from its checkpoint or trained "
+        "(and cached for reuse) by the pipeline"
+    )
+    include_main: bool = Field(True, description="the run's teacher (teacher:) is one of them, the first")
+    weights: list[float] | None = Field(
+        None, description="one weight >= 0 per teacher (the run's first when included), normalised; null = equal"
+    )
+    T: float | None = Field(None, gt=0, description="null = kd.T")
+    alpha: float | None = Field(None, ge=0, le=1, description="null = kd.alpha")
+
+    @model_validator(mode="after")
+    def _enough_teachers(self) -> MultiTeacherConfig:
+        n = len(self.teachers) + self.include_main
+        if n < 2:
+            raise ValueError(
+                f"multi_teacher needs at least 2 teachers, got {n} (include_main={self.include_main}, "
+                f"{len(self.teachers)} listed); list more teachers or use role kd for one"
+            )
+        if self.weights is not None:
+            if len(self.weights) != n:
+                order = ("the run's teacher, then " if self.include_main else "") + "multi_teacher.teachers"
+                raise ValueError(
+                    f"weights has {len(self.weights)} entries but there are {n} teachers ({order}); "
+                    "give one weight per teacher"
+                )
+            if any(not (w >= 0) for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError(f"weights must be >= 0 with a positive sum, got {self.weights}")
+        return self
+
+
+class TAChainConfig(_Strict):
+    """Role ``ta_chain``: teacher-assistant distillation (Mirzadeh et al. 2020). The chain is the run's
+    teacher, then ``assistants`` in order, then the student; each stage is distilled (KD at T, alpha) from
+    the previous stage, frozen and loaded from its saved weights."""
+
+    assistants: list[ModelSpec] = Field(
+        min_length=1, description="model specs between teacher and student, from the largest to the smallest"
+    )
+    train: TrainConfig | None = Field(None, description="the assistants' recipe; null = student.train")
+    T: float | None = Field(None, gt=0, description="null = kd.T")
+    alpha: float | None = Field(None, ge=0, le=1, description="null = kd.alpha")
+
+
+Role = Literal["scratch", "kd", "label_smoothing", "dml", "born_again", "multi_teacher", "ta_chain"]
 
 
 class ExperimentConfig(_Strict):
@@ -180,6 +270,12 @@ class ExperimentConfig(_Strict):
     terms: list[TermConfig] = Field(
         default_factory=list, description="extra terms of the kd student's loss, added to kd (T, alpha)"
     )
+    # Sections of the roles dml, born_again, multi_teacher, ta_chain (kdistill.modes). null = not given:
+    # dml and born_again then use their defaults, multi_teacher and ta_chain must be given.
+    dml: DMLConfig | None = None
+    born_again: BornAgainConfig | None = None
+    multi_teacher: MultiTeacherConfig | None = None
+    ta_chain: TAChainConfig | None = None
 
     @field_validator("seeds")
     @classmethod
@@ -205,6 +301,26 @@ class ExperimentConfig(_Strict):
                 "smaller than the transfer set); set data.labelled or kd.transfer='labelled'"
             )
         return self
+
+    @model_validator(mode="after")
+    def _mode_sections(self) -> ExperimentConfig:
+        examples = {
+            "multi_teacher": "multi_teacher: {teachers: [{model: {arch: cnn}, checkpoint: path/to/weights.pt}]}",
+            "ta_chain": "ta_chain: {assistants: [{arch: cnn, kwargs: {channels: [24, 48, 96]}}]}",
+        }
+        for role, example in examples.items():
+            if role in self.roles and getattr(self, role) is None:
+                raise ValueError(f"role {role} needs a `{role}` section, e.g. {example}")
+        return self
+
+    def train_configs(self) -> list[TrainConfig]:
+        """Every training recipe in the config (a smoke run shortens them all)."""
+        out = [self.teacher.train, self.student.train]
+        if self.multi_teacher is not None:
+            out += [t.train for t in self.multi_teacher.teachers]
+        if self.ta_chain is not None and self.ta_chain.train is not None:
+            out.append(self.ta_chain.train)
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -244,6 +360,7 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     """Valid field names of the (sub)model that ``loc`` (without its last part) points into."""
     cls: Any = model
     for part in loc[:-1]:
+        cls = _strip_none(cls)
         if isinstance(part, int):  # an item of a list field, e.g. terms.0.weight
             args = typing.get_args(cls)
             cls = args[0] if args else None
@@ -251,9 +368,18 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
         if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
             return []
         cls = cls.model_fields[part].annotation
+    cls = _strip_none(cls)
     if isinstance(cls, type) and issubclass(cls, BaseModel):
         return list(cls.model_fields)
     return []
+
+
+def _strip_none(tp: Any) -> Any:
+    """``X | None`` -> ``X`` (optional sections and lists), anything else unchanged."""
+    args = typing.get_args(tp)
+    if type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return tp
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

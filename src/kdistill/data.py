@@ -367,6 +367,8 @@ def load_data(
         student_train=student_train,
         transfer=transfer_set,
         excluded_classes=excluded,
+        # What a deployed model needs to prepare raw pixels: x = (pixel / 255 - mean) / std.
+        extra={"normalize": {"scale": 1 / 255, "mean": mean, "std": std}},
     )
 
 

@@ -91,18 +91,23 @@ def _val(row: dict) -> float:
     return -math.inf if math.isnan(v) else v
 
 
+def _model_dir(row: dict) -> str:
+    """A student's directory in its run: ``<role>-seed<k>``, or the row's ``dir`` (kdistill.modes)."""
+    return row.get("dir") or f"{row['role']}-seed{row['seed']}"
+
+
 def choose_student(run_dir: str | Path, role: str | None = None, seed: int | None = None) -> dict:
     """The ``summary.json`` row of the student to export (see the module docstring for the rule)."""
     run_dir = Path(run_dir)
     rows = _summary(run_dir).get("rows", [])
-    students = [r for r in rows if r.get("role") != "teacher"]
-    finished = [r for r in students if (run_dir / f"{r['role']}-seed{r['seed']}" / "weights.pt").is_file()]
+    students = [r for r in rows if r.get("role") != "teacher" and not r.get("ensemble")]
+    finished = [r for r in students if (run_dir / _model_dir(r) / "weights.pt").is_file()]
     if not finished:
         if not students:
             what = "summary.json lists no student (only " + (", ".join(r.get("role", "?") for r in rows) or "no model")
             what += "); the run was teacher-only (roles: [])"
         else:
-            missing = ", ".join(f"{r['role']}-seed{r['seed']}/weights.pt" for r in students)
+            missing = ", ".join(f"{_model_dir(r)}/weights.pt" for r in students)
             what = f"summary.json lists students but their weights are missing: {missing}"
         raise ExportError(f"run {run_dir} has no finished student to export: {what}")
     chosen = [r for r in finished if (role is None or r["role"] == role) and (seed is None or r["seed"] == seed)]
@@ -142,7 +147,7 @@ def export_run(
     fmts = _formats(formats)
     row = choose_student(run_dir, role, seed)
     _need_packages(fmts)
-    name = f"{row['role']}-seed{row['seed']}"
+    name = _model_dir(row)
     weights = run_dir / name / "weights.pt"
     model, saved = _load_student(weights)
     shape, num_classes = tuple(saved["input_shape"]), int(saved["num_classes"])
@@ -178,6 +183,7 @@ def export_run(
                 "dtype": "float32",
                 "preprocessing": "as kdistill.data.load_data returns images: pixel / 255, then standardized "
                 "with the mean and std of the training images",
+                "normalize": saved.get("normalize"),  # {scale, mean, std}: x = (pixel * scale - mean) / std
             },
             "output": {"name": "logits", "shape": ["batch", num_classes]},
             "source": {

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.io import atomic_write_text, safe_load
-from kdistill.report import _pct, plot_curves
+from kdistill.report import _pct, deploy_table, plot_curves
 from kdistill.why import (
     DEFAULT_TEMPERATURES,
     dark_knowledge_matrix,
@@ -149,6 +149,12 @@ def render(run_dir: Path, summary: dict) -> str:
     if bullets:
         parts.append("<ul>" + "".join(f"<li>{b}</li>" for b in bullets) + "</ul>")
     parts.append(_left_out_html(summary))
+    dep = deploy_table(summary)
+    if dep is not None:
+        threads = summary["deploy"]["teacher"].get("threads", 1)
+        parts.append("<h2>Deployment: what the student saves</h2>" + _table(*dep) + f'<p class="note">CPU, {threads} '
+                     "thread(s), median of repeated forward passes after warm-up, teacher and student timed in the "
+                     "same process. FLOPs from PyTorch's FLOP counter (a multiply-add counts 2).</p>")  # fmt: skip
     parts.append(_figure(run_dir, "curves.png", "Training curves",
         "Validation accuracy and training loss per epoch for every model, read from each model's metrics.jsonl. "
         "The weights of the best validation epoch are the ones tested."))  # fmt: skip

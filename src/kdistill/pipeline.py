@@ -27,7 +27,8 @@ from kdistill import dist
 from kdistill.adapters import AdapterError
 from kdistill.config import ConfigError, ExperimentConfig, config_diff
 from kdistill.data import BatchLoader, DataBundle, load_data
-from kdistill.distiller import Distiller, FrozenTeacher, LogitCache, Supervised
+from kdistill.deploy import measure_many, verdict
+from kdistill.distiller import Distiller, FrozenTeacher, LogitCache, Supervised, bf16_supported
 from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
 from kdistill.models import build_model, count_params, load_state_strict
 from kdistill.page import build_report
@@ -52,7 +53,7 @@ def smoke_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """The same pipeline on a few hundred samples for one epoch, in its own run directory."""
     c = cfg.model_copy(deep=True)
     c.name = cfg.name + "-smoke"
-    for tc in (c.teacher.train, c.student.train):
+    for tc in c.train_configs():
         tc.epochs, tc.steps = SMOKE["epochs"], None
     c.data.val_size = min(c.data.val_size, SMOKE["val_size"])
     if c.data.labelled is not None:
@@ -70,6 +71,7 @@ def save_model(model: nn.Module, spec: dict, data: DataBundle, path: Path, **met
             "spec": spec,
             "input_shape": list(data.input_shape),
             "num_classes": data.num_classes,
+            "normalize": data.extra.get("normalize"),
             "state_dict": model.state_dict(),
             "meta": meta,
         },
@@ -101,9 +103,16 @@ class TeacherInfo:
 
 
 def get_teacher(
-    cfg: ExperimentConfig, data: DataBundle, run_dir: Path, smoke: bool, device: torch.device | None = None,
+    cfg: ExperimentConfig,
+    data: DataBundle,
+    run_dir: Path,
+    smoke: bool,
+    device: torch.device | None = None,
     resume: bool = False,
+    out: str = "teacher",
 ) -> TeacherInfo:
+    """``cfg.teacher`` loaded from its checkpoint, reused from the teacher cache, or trained (into
+    ``run_dir/<out>``) and cached; ``out`` names the directory of another teacher (kdistill.modes)."""
     spec = cfg.teacher.model.model_dump()
     torch.manual_seed(cfg.seeds[0])
     model = build_model(spec["arch"], data.input_shape, data.num_classes, spec["kwargs"])
@@ -133,13 +142,13 @@ def get_teacher(
 
     log(f"teacher: training {spec['arch']} ({count_params(model):,} params) for {cfg.teacher.train.epochs} epochs")
     res = fit(Supervised(model), data.train, data.val, cfg.teacher.train, seed=cfg.seeds[0],
-              out_dir=run_dir / "teacher", desc="teacher", device=device, resume=resume)  # fmt: skip
+              out_dir=run_dir / out, desc=out, device=device, resume=resume)  # fmt: skip
     save_model(model, spec, data, path, data_fingerprint=data.fingerprint, train_seconds=res.train_seconds,
                teacher_key=key, best_epoch=res.best_epoch)  # fmt: skip
     if dist.is_main():
         atomic_write_text(path.parent / "config.yaml", cfg.to_yaml())
         # The run directory gets its own copy, so that `checkpoints/` can be refreshed from any run.
-        shutil.copyfile(path, run_dir / "teacher" / "weights.pt")
+        shutil.copyfile(path, run_dir / out / "weights.pt")
     dist.barrier()
     return TeacherInfo(model, "trained", path, res.train_seconds)
 
@@ -183,9 +192,12 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False, resume: bool = Fa
     if dist.world() > 1:
         dist.check_same(data.fingerprint, "data")
         log(f"distributed: {dist.world()} processes, {device.type}, global batch {cfg.student.train.batch_size}")
+    from kdistill import modes  # roles dml, born_again, multi_teacher, ta_chain (the module imports this one)
+
+    modes.check_modes(cfg, data)  # their models built and probed: bad specs fail before any training
     t = get_teacher(cfg, data, run_dir, smoke, device, resume)
     t.model.to(device)
-    teacher = FrozenTeacher(t.model, fast=cfg.kd.cache.mode == "online")
+    teacher = FrozenTeacher(t.model, fast=cfg.kd.teacher_precision == "auto")
     rows: list[dict] = []
     # Predictions are kept so that reports (soft targets, dark knowledge, calibration) are drawn from
     # files, never recomputed from logs: the teacher's on validation and test, each student's on test.
@@ -202,11 +214,15 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False, resume: bool = Fa
                      test_ece=expected_calibration_error(t_test.softmax(1), data.test.y)))  # fmt: skip
     log(f"teacher: test acc {te.acc:.4f} ({te.errors} errors)")
 
-    cache = teacher_cache(cfg, t.model, data, device) if "kd" in cfg.roles else None
+    cache = teacher_cache(cfg, teacher, data, device) if "kd" in cfg.roles else None
+    mode_ctx = modes.ModeContext(cfg, data, run_dir, smoke, device, resume, t, teacher, t_test, t_val)
 
     spec = cfg.student.model.model_dump()
     for seed in cfg.seeds:
         for role in cfg.roles:
+            if role in modes.MODE_ROLES:
+                rows += modes.run_mode(role, seed, mode_ctx)
+                continue
             out = run_dir / f"{role}-seed{seed}"
             if resume and (out / "row.json").is_file():
                 rows.append(json.loads((out / "row.json").read_text()))
@@ -245,10 +261,26 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False, resume: bool = Fa
 
     summary: dict = {}
     if dist.is_main():
-        summary = write_summary(run_dir, cfg, rows, smoke=smoke)
+        deploy = deploy_figures(cfg, t.model, data, rows, smoke)
+        summary = write_summary(run_dir, cfg, rows, smoke=smoke, deploy=deploy)
         log(f"report: {build_report(run_dir)}")
     dist.barrier()
     return summary
+
+
+def deploy_figures(cfg: ExperimentConfig, teacher: nn.Module, data: DataBundle, rows: list[dict],
+                   smoke: bool) -> dict:  # fmt: skip
+    """Parameters, FLOPs, weights size and CPU latency of teacher and student, timed in one process
+    (interleaved, one thread), plus a one-line verdict per student role against the teacher."""
+    spec = cfg.student.model
+    student = build_model(spec.arch, data.input_shape, data.num_classes, spec.kwargs)  # same arch as every student
+    figs = measure_many({"teacher": teacher, "student": student}, data.input_shape, threads=1,
+                        repeats=3 if smoke else 20, warmup=1 if smoke else 5)  # fmt: skip
+    acc = {role: [r["test_acc"] for r in rows if r["role"] == role and r.get("headline", True)] for role in cfg.roles}
+    t_acc = next(r["test_acc"] for r in rows if r["role"] == "teacher")
+    verdicts = {role: verdict(figs["teacher"], figs["student"], t_acc, sum(a) / len(a)) for role, a in acc.items() if a}
+    log(f"deploy: student vs teacher, {'; '.join(f'{r}: {v}' for r, v in verdicts.items())}")
+    return {**figs, "verdicts": verdicts}
 
 
 # Keys that change how fast a run goes, not what it computes: a run may be resumed with others.
@@ -264,7 +296,8 @@ def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
                        f"in {saved}", ignore=RESUME_MAY_DIFFER)  # fmt: skip
     if diff:
         raise CheckpointError(
-            f"--resume: {run_dir} was started with another config: " + "; ".join(diff)
+            f"--resume: {run_dir} was started with another config: "
+            + "; ".join(diff)
             + ". Resume with the same config and overrides, or start a new run (e.g. another name=...)."
         )
     if not any(run_dir.glob("*/last.pt")) and not any(run_dir.glob("*/row.json")):
@@ -272,7 +305,7 @@ def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
                               "nothing to continue, so run it without --resume")  # fmt: skip
 
 
-def teacher_cache(cfg: ExperimentConfig, teacher: nn.Module, data: DataBundle, device: torch.device) -> Any:
+def teacher_cache(cfg: ExperimentConfig, teacher: FrozenTeacher, data: DataBundle, device: torch.device) -> Any:
     """The kd student's teacher outputs, computed once, or ``None`` when the teacher must run online.
 
     Without augmentation: one row of logits (and tapped layers) per transfer image, built by rank 0 and
@@ -296,7 +329,8 @@ def teacher_cache(cfg: ExperimentConfig, teacher: nn.Module, data: DataBundle, d
     if layers:
         log(f"teacher: online, since terms read teacher layers {layers} and a view cache holds logits only")
         return None
-    key = cache_key(teacher, ts.x, ts.index, aug, cc.views, cfg.data.split_seed, cc.topk, cfg.kd.T)
+    precision = "bf16" if teacher.fast and bf16_supported(device) else "float32"
+    key = cache_key(teacher.model, ts.x, ts.index, aug, cc.views, cfg.data.split_seed, cc.topk, cfg.kd.T, precision)
     path = Path(cc.dir or Path(cfg.output_dir) / "_teacher_cache") / key
     if dist.is_main():
         try:
@@ -308,7 +342,7 @@ def teacher_cache(cfg: ExperimentConfig, teacher: nn.Module, data: DataBundle, d
             t0 = time.perf_counter()
             cache = ViewCache.build(teacher, ts, aug, cc.views, cfg.data.split_seed, path, key,
                                     topk=cc.topk, T=cfg.kd.T, device=device)  # fmt: skip
-            log(f"teacher: {cc.views} augmented views of {len(ts)} transfer images cached in "
+            log(f"teacher: {cc.views} augmented views of {len(ts)} transfer images cached ({precision}) in "
                 f"{time.perf_counter() - t0:.1f}s ({cache.nbytes() / 2**20:.1f} MiB, {path})")  # fmt: skip
     dist.barrier()
     return cache if dist.is_main() else ViewCache.open(path, key, verify=False)

@@ -12,25 +12,29 @@ from typing import Any
 
 from kdistill.io import atomic_write_text
 
-ROLE_ORDER = ["teacher", "scratch", "kd", "label_smoothing"]
+ROLE_ORDER = ["teacher", "scratch", "kd", "label_smoothing", "multi_teacher", "ta_chain", "born_again", "dml"]
 LEFT_OUT_KEYS = ("left_out_acc", "label_free_left_out_acc", "label_free_test_acc", "fixed_shift_left_out_acc",
                  "fixed_shift_test_acc")  # fmt: skip
 
 
+def row_key(row: dict) -> str:
+    """What a row is aggregated under: its role, or ``role/variant`` (``dml/peer0``, ``born_again/gen2``)."""
+    return f"{row['role']}/{row['variant']}" if row.get("variant") else row["role"]
+
+
 def aggregate(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Mean and sample standard deviation (n-1) per role."""
+    """Mean and sample standard deviation (n-1) per role, or per role and variant (kdistill.modes)."""
     out: dict[str, dict[str, float]] = {}
-    for role in ROLE_ORDER:
-        rs = [r for r in rows if r["role"] == role]
-        if not rs:
-            continue
+    keys = [k for role in ROLE_ORDER for k in dict.fromkeys(row_key(r) for r in rows if r["role"] == role)]
+    for group in keys:
+        rs = [r for r in rows if row_key(r) == group]
         agg: dict[str, float] = {"n": len(rs), "params": rs[0]["params"]}
         for key in ("test_acc", "test_errors", "test_nll", "test_ece", "val_acc", "train_seconds", *LEFT_OUT_KEYS):
             vals = [float(r[key]) for r in rs if r.get(key) is not None and not math.isnan(float(r[key]))]
             if vals:
                 agg[f"{key}_mean"] = statistics.fmean(vals)
                 agg[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        out[role] = agg
+        out[group] = agg
     return out
 
 
@@ -84,16 +88,53 @@ def summary_markdown(summary: dict) -> str:
             lines.append(f"- The student has {c:.1f}× fewer parameters than the teacher.")
         else:
             lines.append(f"- The student has {1 / c:.1f}× more parameters than the teacher.")
+    from kdistill.modes import mode_lines  # (modes imports the pipeline, which imports this module)
+
+    modes_text = mode_lines(cfg)
+    if modes_text:
+        lines += ["", *modes_text]
     lines += _left_out_markdown(summary)
+    lines += deploy_markdown(summary)
     lines += ["", "## Every model", "", "| role | seed | test acc % | errors | NLL | best epoch | train s |",
               "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in summary["rows"]:
         lines.append(
-            f"| {r['role']} | {r['seed']} | {_pct(r['test_acc'])} | {r['test_errors']} | {r['test_nll']:.4f} | "
+            f"| {row_key(r)} | {r['seed']} | {_pct(r['test_acc'])} | {r['test_errors']} | {r['test_nll']:.4f} | "
             f"{r.get('best_epoch', '-')} | {r['train_seconds']:.1f} |"
         )
     lines += ["", f"Reproduce: `{summary['command']}`", "", "![curves](curves.png)", ""]
     return "\n".join(lines)
+
+
+def deploy_table(summary: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Header and rows of the deployment table (teacher, student), or None for runs without figures."""
+    dep = summary.get("deploy") or {}
+    if "teacher" not in dep or "student" not in dep:
+        return None
+    head = ["model", "params", "FLOPs / sample", "weights KiB", "latency ms, batch 1", "latency ms, batch 64",
+            "student vs teacher"]  # fmt: skip
+    verdicts = "; ".join(f"{role}: {v}" for role, v in dep.get("verdicts", {}).items())
+    out = []
+    for name in ("teacher", "student"):
+        f = dep[name]
+        out.append([name, f"{f['params']:,}", f"{f['flops_per_sample'] / 1e6:.2f} M",
+                    f"{f['weights_bytes'] / 1024:.0f}", f"{f.get('latency_ms_b1', float('nan')):.3f}",
+                    f"{f.get('latency_ms_b64', float('nan')):.2f}", verdicts if name == "student" else ""])  # fmt: skip
+    return head, out
+
+
+def deploy_markdown(summary: dict) -> list[str]:
+    table = deploy_table(summary)
+    if table is None:
+        return []
+    head, rows = table
+    threads = summary["deploy"]["teacher"].get("threads", 1)
+    lines = ["", "## Deployment (CPU, measured in one process)", "",
+             f"Median of repeated forward passes after warm-up, eval mode, {threads} thread(s); FLOPs counted by "
+             "PyTorch's FLOP counter (a multiply-add = 2).", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]  # fmt: skip
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
 
 
 def _left_out_markdown(summary: dict) -> list[str]:
@@ -132,7 +173,8 @@ def plot_curves(run_dir: Path, out: Path) -> bool:
     runs = sorted(p for p in run_dir.glob("*/metrics.jsonl"))
     if not runs:
         return False
-    colors = {"teacher": "black", "scratch": "tab:blue", "kd": "tab:red", "label_smoothing": "tab:green"}
+    colors = {"teacher": "black", "scratch": "tab:blue", "kd": "tab:red", "label_smoothing": "tab:green",
+              "dml": "tab:purple", "born_again": "tab:orange", "multi_teacher": "tab:brown", "ta_chain": "tab:cyan"}
     fig = new_figure((11, 4))
     axes = fig.subplots(1, 2)
     seen: set[str] = set()
@@ -154,7 +196,7 @@ def plot_curves(run_dir: Path, out: Path) -> bool:
     return True
 
 
-def write_summary(run_dir: Path, cfg: Any, rows: list[dict], smoke: bool) -> dict:
+def write_summary(run_dir: Path, cfg: Any, rows: list[dict], smoke: bool, deploy: dict | None = None) -> dict:
     agg = aggregate(rows)
     derived: dict[str, Any] = {"gap_recovered": gap_recovered(agg)}
     for role in ("kd", "label_smoothing"):
@@ -168,6 +210,7 @@ def write_summary(run_dir: Path, cfg: Any, rows: list[dict], smoke: bool) -> dic
         "rows": rows,
         "aggregate": agg,
         "derived": derived,
+        "deploy": deploy or {},
         "command": "kdistill " + " ".join(sys.argv[1:])
         if Path(sys.argv[0]).name in ("kdistill", "__main__.py")
         else f"kdistill run <config> (name={cfg.name})",

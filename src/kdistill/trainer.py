@@ -125,7 +125,6 @@ def _maybe_kill() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-
 @dataclass
 class FitResult:
     best_epoch: int

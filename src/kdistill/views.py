@@ -107,14 +107,21 @@ def state_fingerprint(model: nn.Module) -> str:
 
 
 def cache_key(teacher: nn.Module, x: torch.Tensor, index: torch.Tensor, aug: AugmentConfig, views: int,
-              seed: int, topk: int | None, T: float) -> str:  # fmt: skip
+              seed: int, topk: int | None, T: float, precision: str = "float32") -> str:  # fmt: skip
     h = hashlib.sha256()
     h.update(CACHE_FORMAT.encode())
     h.update(state_fingerprint(teacher).encode())
     h.update(x.contiguous().numpy().tobytes())
     h.update(index.contiguous().numpy().tobytes())
     # T matters only for top-k storage (probabilities at T are stored); full logits do not depend on it.
-    payload = {"aug": aug.model_dump(), "views": views, "seed": seed, "topk": topk, "T": T if topk else None}
+    payload = {
+        "aug": aug.model_dump(),
+        "views": views,
+        "seed": seed,
+        "topk": topk,
+        "T": T if topk else None,
+        "precision": precision,
+    }
     h.update(json.dumps(payload, sort_keys=True).encode())
     return h.hexdigest()[:20]
 
@@ -209,6 +216,8 @@ class ViewCache:
     ) -> ViewCache:
         """Draw ``views`` augmentations per sample, run the teacher on each, store the logits.
 
+        ``teacher``: a :class:`~kdistill.distiller.FrozenTeacher` (its ``fast`` bf16 path is used when on)
+        or any module (run in eval mode, float32).
         The draws of a sample depend only on ``(seed, its index)``, not on batching or split order.
         With ``path`` the cache is written there (atomically: a temporary directory renamed into place)
         and memory-mapped back. ``topk`` keeps only the ``k`` largest probabilities at temperature ``T``
@@ -227,7 +236,10 @@ class ViewCache:
                 x, p = split.x[i : i + batch_size].to(device), params[i : i + batch_size]
                 n = x.shape[0]
                 xv = apply_params(x.repeat_interleave(views, 0), p.reshape(n * views, 3), aug.shift)
-                logits.append(model(xv).float().cpu().view(n, views, -1))
+                # A FrozenTeacher runs its own forward (with its fast bf16 path when enabled); a bare
+                # module runs in eval mode as it is.
+                out = teacher(xv) if hasattr(teacher, "fast") else model(xv)
+                logits.append(out.float().cpu().view(n, views, -1))
         finally:
             model.train(was)
         lg = torch.cat(logits)
