@@ -11,6 +11,7 @@ import torch
 from kdistill.cli import main
 from kdistill.config import load_config
 from kdistill.data import DataError, find_fashion_mnist
+from kdistill.modes import rows_per_seed
 from kdistill.pipeline import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,15 +59,15 @@ def test_every_shipped_config_smoke(config: Path, tmp_path: Path, monkeypatch: p
     roles = [r["role"] for r in summary["rows"]]
     assert roles[0] == "teacher"
     assert sorted(set(roles[1:])) == sorted(cfg.roles)
-    assert len(roles) == 1 + len(cfg.roles) * len(cfg.seeds)
+    assert len(roles) == 1 + sum(rows_per_seed(cfg, r) for r in cfg.roles) * len(cfg.seeds)
     for f in ("config.yaml", "summary.json", "summary.md"):
         assert (run_dir / f).stat().st_size > 0
     for row in summary["rows"]:
         assert 0.0 <= row["test_acc"] <= 1.0
         assert row["test_errors"] == round((1 - row["test_acc"]) * 500)
         assert row["params"] > 0
-        if row["role"] != "teacher":
-            assert (run_dir / f"{row['role']}-seed{row['seed']}" / "weights.pt").is_file()
+        if row["role"] != "teacher" and not row.get("ensemble"):  # mode roles' rows name their directory
+            assert (run_dir / row.get("dir", f"{row['role']}-seed{row['seed']}") / "weights.pt").is_file()
     if cfg.roles:
         assert (run_dir / "curves.png").stat().st_size > 1000
     on_disk = json.loads((run_dir / "summary.json").read_text())

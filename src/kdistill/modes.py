@@ -218,6 +218,7 @@ class ModeContext:
     t_test: torch.Tensor  # its logits on test and validation
     t_val: torch.Tensor
     _multi: tuple[FrozenTeacher, dict] | None = field(default=None, repr=False)
+    _targets: dict[str, LogitCache] = field(default_factory=dict, repr=False)  # of teachers shared by seeds
 
     @property
     def fast(self) -> bool:
@@ -239,11 +240,19 @@ def frozen_from(path: Path, spec: ModelSpec, ctx: ModeContext) -> FrozenTeacher:
 
 
 def _soft_targets(ctx: ModeContext, teacher: FrozenTeacher, train: TrainConfig) -> LogitCache | None:
-    """The teacher's logits on the transfer set, computed once (float32), or None (online) with augmentation."""
-    if is_augmented(train.augment):
+    """The teacher's logits on the transfer set, computed once (exact float32), or None: the teacher then
+    runs online on every batch, with augmentation (no view cache here) or ``kd.cache.mode=online``."""
+    if is_augmented(train.augment) or ctx.cfg.kd.cache.mode == "online":
         return None
+    # The run's teacher and the multi-teacher serve every seed: their targets are computed once per run.
+    shared = "teacher" if teacher is ctx.frozen else "multi" if ctx._multi and teacher is ctx._multi[0] else None
+    if shared in ctx._targets:
+        return ctx._targets[shared]
     ts = ctx.data.transfer_set
-    return LogitCache(predict(teacher.model, ts, 500), ts.index)
+    cache = LogitCache(predict(teacher.model, ts, 500), ts.index)
+    if shared is not None:
+        ctx._targets[shared] = cache
+    return cache
 
 
 def _evaluate(ctx: ModeContext, model: nn.Module, role: str, seed: int, spec: ModelSpec, out: Path, seconds: float,
@@ -488,7 +497,8 @@ def describe(cfg: dict, role: str, variant: str | None = None) -> str:
         if variant:
             k = int(variant.removeprefix("gen"))
             return f"born-again generation {k}: KD ({_settings(cfg, role)}) from generation {k - 1}"
-        return f"born-again networks: generation 0 {start}, then {n} generations, each distilled from the previous"
+        return (f"born-again networks: generation 0 trained {start}, then generations 1–{n}, each distilled "
+                "from its predecessor")  # fmt: skip
     if role == "multi_teacher":
         mc = cfg.get("multi_teacher") or {}
         names = (["teacher"] if mc.get("include_main", True) else []) + [

@@ -90,9 +90,7 @@ def summary_markdown(summary: dict) -> str:
             lines.append(f"- The student has {1 / c:.1f}× more parameters than the teacher.")
     from kdistill.modes import mode_lines  # (modes imports the pipeline, which imports this module)
 
-    modes_text = mode_lines(cfg)
-    if modes_text:
-        lines += ["", *modes_text]
+    lines += mode_lines(cfg)  # bullets, after the derived ones
     lines += _left_out_markdown(summary)
     lines += deploy_markdown(summary)
     lines += ["", "## Every model", "", "| role | seed | test acc % | errors | NLL | best epoch | train s |",
