@@ -91,7 +91,7 @@ def test_views_are_fixed_per_sample_and_the_choice_varies_with_epoch_and_seed() 
     cache = ViewCache.build(teacher, split, AUG, views=4, seed=2)
     # other batching and another order of the same samples
     again = ViewCache.build(teacher, split.take(torch.randperm(40)), AUG, views=4, seed=2, batch_size=7)
-    rows = again.rows[cache.index]  # `again` holds the same samples in another order
+    rows = again.rows(cache.index)  # `again` holds the same samples in another order
     assert torch.equal(cache.params, again.params[rows])
     torch.testing.assert_close(cache.logits, again.logits[rows], atol=2e-3, rtol=2e-3)
     idx = split.index

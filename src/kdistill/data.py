@@ -391,6 +391,36 @@ def resolve_classes(spec: Sequence[int | str], class_names: Sequence[str]) -> li
 # ----------------------------------------------------------------------------- loader
 
 
+class RowIndex:
+    """Maps sample indices (``batch["index"]``) to rows of a per-sample table, such as a teacher cache.
+
+    A lookup table of size ``max(index) + 1`` finds each sample's row after shuffles, subsets and
+    transfer sets; indices outside it or without a row are a :class:`KeyError` naming ``what``
+    (negative indices would otherwise wrap around to another sample's row).
+    """
+
+    def __init__(self, index: torch.Tensor, what: str) -> None:
+        if index.dim() != 1 or len(index.unique()) != len(index):
+            raise ValueError(f"{what} needs one distinct sample index per row, got index {tuple(index.shape)}")
+        self.what = what
+        self.table = torch.full((int(index.max()) + 1 if len(index) else 0,), -1, dtype=torch.long)
+        self.table[index] = torch.arange(len(index))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        index = index.cpu()  # the table lives in host memory; the batch may be on a GPU
+        n = len(self.table)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+            bad = index[(index < 0) | (index >= n)][:5].tolist()
+            raise KeyError(f"sample indices {bad} are outside the {self.what} (indices 0..{n - 1})")
+        rows = self.table[index]
+        if bool((rows < 0).any()):
+            raise KeyError(f"{self.what} has no entry for sample indices {index[rows < 0][:5].tolist()}")
+        return rows
+
+
 class BatchLoader:
     """Iterate over a :class:`Split` in batches of dicts, shuffled reproducibly per epoch.
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from kdistill.data import RowIndex
 from kdistill.losses import cross_entropy, kd_loss_parts, label_smoothing_ce
 from kdistill.taps import Tapped
 from kdistill.terms import LOGITS, Term
@@ -99,14 +100,13 @@ class LogitCache:
     """
 
     def __init__(self, logits: torch.Tensor, index: torch.Tensor, feats: dict[str, torch.Tensor] | None = None) -> None:
-        if index.dim() != 1 or len(index) != len(logits) or len(index.unique()) != len(index):
+        if index.dim() != 1 or len(index) != len(logits):
             raise ValueError(f"LogitCache needs one distinct index per row: logits {tuple(logits.shape)}, "
                              f"index {tuple(index.shape)}")  # fmt: skip
         self.logits = logits
         self.index = index
         self.feats = dict(feats or {})
-        self.rows = torch.full((int(index.max()) + 1 if len(index) else 0,), -1, dtype=torch.long)
-        self.rows[index] = torch.arange(len(index))
+        self._rows = RowIndex(index, "teacher logit cache")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -137,20 +137,7 @@ class LogitCache:
         return cls(torch.cat(logits), torch.cat(index), {n: torch.cat(v) for n, v in feats.items()})
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in [self.logits, self.rows, *self.feats.values()])
-
-    def _rows(self, index: torch.Tensor) -> torch.Tensor:
-        index = index.cpu()  # the cache lives in host memory; the batch may be on a GPU
-        n = len(self.rows)
-        # Negative indices would silently wrap around to another sample's row: refuse them.
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-            bad = index[(index < 0) | (index >= n)][:5].tolist()
-            raise KeyError(f"sample indices {bad} are outside the teacher logit cache (indices 0..{n - 1})")
-        rows = self.rows[index]
-        if bool((rows < 0).any()):
-            missing = index[rows < 0][:5].tolist()
-            raise KeyError(f"teacher logit cache has no entry for sample indices {missing}")
-        return rows
+        return sum(t.numel() * t.element_size() for t in [self.logits, self._rows.table, *self.feats.values()])
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         return self.logits[self._rows(index)]

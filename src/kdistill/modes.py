@@ -65,10 +65,17 @@ from kdistill.distiller import Distiller, FrozenTeacher, LogitCache, Supervised
 from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
 from kdistill.models import build_model
 from kdistill.multi import Cohort, MultiTeacher, mixture_logits
-from kdistill.pipeline import TeacherInfo, _row, get_teacher, left_out_report, load_weights_into, log, save_model
+from kdistill.pipeline import (
+    TeacherInfo,
+    _row,
+    get_teacher,
+    load_weights_into,
+    log,
+    save_model,
+    student_metrics,
+)  # fmt: skip
 from kdistill.trainer import fit, predict, score
 from kdistill.views import is_augmented
-from kdistill.why import expected_calibration_error
 
 MODE_ROLES = ("dml", "born_again", "multi_teacher", "ta_chain")
 SEED_STRIDE = 1000
@@ -260,11 +267,9 @@ def _evaluate(ctx: ModeContext, model: nn.Module, role: str, seed: int, spec: Mo
     """Row of a trained model (test metrics, its own validation accuracy); writes ``predictions.pt``."""
     data = ctx.data
     test_logits, val_logits = predict(model, data.test), predict(model, data.val)
-    ev = score(test_logits, data.test.y)
+    ev, metrics = student_metrics(test_logits, val_logits, ctx.t_val, data, ctx.cfg.kd.bias_shift)
     extra["val_acc"] = score(val_logits, data.val.y).acc
-    extra["test_ece"] = expected_calibration_error(test_logits.softmax(1), data.test.y)
-    if data.excluded_classes:
-        extra.update(left_out_report(test_logits, val_logits, ctx.t_val, data, ctx.cfg.kd.bias_shift))
+    extra.update(metrics)
     row = _row(role, seed, model, spec.arch, ev, seconds, **extra)
     if dist.is_main():
         atomic_save({"test_logits": test_logits, "val_logits": val_logits}, out / "predictions.pt")
@@ -277,18 +282,15 @@ def _ensemble_row(ctx: ModeContext, role: str, seed: int, members: list[dict], t
     """The members' ensemble (mean softmax) scored like a model; ``extra_params``: beyond one member."""
     data = ctx.data
     t, v = mixture_logits(tests), mixture_logits(vals)
-    ev = score(t, data.test.y)
+    ev, metrics = student_metrics(t, v, ctx.t_val, data, ctx.cfg.kd.bias_shift)
     params = sum(int(m["params"]) for m in members)
     row = {
         "role": role, "seed": seed, "arch": "+".join(m["arch"] for m in members), "params": params,
         "test_acc": ev.acc, "test_errors": ev.errors, "test_nll": ev.nll, "train_seconds": round(seconds, 2),
         "variant": "ensemble", "ensemble": True, "members": [m["variant"] for m in members], "dir": None,
         "student": False, "headline": False, "extra_params": params - int(members[0]["params"]),
-        "val_acc": score(v, data.val.y).acc, "steps": steps,
-        "test_ece": expected_calibration_error(t.softmax(1), data.test.y),
+        "val_acc": score(v, data.val.y).acc, "steps": steps, **metrics,
     }  # fmt: skip
-    if data.excluded_classes:
-        row.update(left_out_report(t, v, ctx.t_val, data, ctx.cfg.kd.bias_shift))
     log(f"{role} seed {seed}: ensemble of {', '.join(row['members'])}: test acc {ev.acc:.4f} ({ev.errors} errors)")
     return row
 

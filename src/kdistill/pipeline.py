@@ -246,11 +246,9 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False, resume: bool = Fa
                       desc=f"{role} s{seed}", device=device, resume=resume)  # fmt: skip
             save_model(student, spec, data, out / "weights.pt", role=role, seed=seed, best_epoch=res.best_epoch)
             test_logits = predict(student, data.test)
-            ev = score(test_logits, data.test.y)
-            extra["test_ece"] = expected_calibration_error(test_logits.softmax(1), data.test.y)
-            if data.excluded_classes:
-                s_val = predict(student, data.val)
-                extra.update(left_out_report(test_logits, s_val, t_val, data, cfg.kd.bias_shift))
+            s_val = predict(student, data.val) if data.excluded_classes else None  # read by the left-out report
+            ev, metrics = student_metrics(test_logits, s_val, t_val, data, cfg.kd.bias_shift)
+            extra.update(metrics)
             row = _row(role, seed, student, spec["arch"], ev, res.train_seconds, best_epoch=res.best_epoch,
                        val_acc=res.best_val_acc, steps=res.steps, **extra)  # fmt: skip
             rows.append(row)
@@ -346,6 +344,20 @@ def teacher_cache(cfg: ExperimentConfig, teacher: FrozenTeacher, data: DataBundl
                 f"{time.perf_counter() - t0:.1f}s ({cache.nbytes() / 2**20:.1f} MiB, {path})")  # fmt: skip
     dist.barrier()
     return cache if dist.is_main() else ViewCache.open(path, key, verify=False)
+
+
+def student_metrics(
+    test_logits: torch.Tensor, val_logits: torch.Tensor | None, t_val: torch.Tensor, data: DataBundle,
+    bias_shift: float | None,
+) -> tuple[Any, dict]:
+    """Test score, calibration and (when classes were left out) the left-out report of a student's, or an
+    ensemble's, predictions; ``val_logits`` are only read by the left-out report's label-free shift."""
+    ev = score(test_logits, data.test.y)
+    extra: dict[str, Any] = {"test_ece": expected_calibration_error(test_logits.softmax(1), data.test.y)}
+    if data.excluded_classes:
+        assert val_logits is not None, "the left-out report needs the student's validation predictions"
+        extra.update(left_out_report(test_logits, val_logits, t_val, data, bias_shift))
+    return ev, extra
 
 
 def left_out_report(

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdistill.config import AugmentConfig
-from kdistill.data import Split
+from kdistill.data import RowIndex, Split
 
 CACHE_FORMAT = "kdistill-view-cache/1"
 _FILES = {"logits": ("logits.f16", np.float16), "params": ("params.i16", np.int16), "index": ("index.i64", np.int64)}
@@ -152,8 +152,7 @@ class ViewCache:
         self.logits, self.params, self.index = logits, params, index
         self.shift, self.seed, self.path = shift, seed, path
         self.views = logits.shape[1]
-        self.rows = torch.full((int(index.max()) + 1 if len(index) else 0,), -1, dtype=torch.long)
-        self.rows[index] = torch.arange(len(index))
+        self.rows = RowIndex(index, "teacher view cache")
         self._epoch: tuple[int, int] | None = None
         self._choice = torch.empty(0, dtype=torch.long)
 
@@ -162,15 +161,6 @@ class ViewCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.logits, self.params, self.index))
-
-    def _rows(self, index: torch.Tensor) -> torch.Tensor:
-        n = len(self.rows)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-            raise KeyError(f"sample indices outside the view cache (0..{n - 1}): {index[:5].tolist()}")
-        rows = self.rows[index]
-        if bool((rows < 0).any()):
-            raise KeyError(f"view cache has no entry for sample indices {index[rows < 0][:5].tolist()}")
-        return rows
 
     def choose(self, index: torch.Tensor, epoch: int, seed: int = 0) -> torch.Tensor:
         """Which of its ``K`` views each sample shows in ``epoch`` to the student of ``seed``.
@@ -189,11 +179,11 @@ class ViewCache:
         """The batch as the student must see it: each sample replaced by its chosen cached view."""
         index = batch["index"].cpu()
         view = self.choose(index, epoch, seed)
-        params = self.params[self._rows(index), view]
+        params = self.params[self.rows(index), view]
         return {**batch, "x": apply_params(batch["x"], params, self.shift), "view": view.to(batch["x"].device)}
 
     def __call__(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-        out = self.logits[self._rows(index.cpu()), view.cpu()].float()
+        out = self.logits[self.rows(index), view.cpu()].float()
         return out.to(index.device)
 
     # ------------------------------------------------------------------------- build / open
@@ -248,7 +238,7 @@ class ViewCache:
         cache = cls(lg.half(), params.clone(), split.index.clone(), aug.shift, seed)
         if path is not None:
             cache.save(Path(path), key)
-            return cls.open(Path(path), key)
+            return cls.open(Path(path), key, verify=False)  # save() just hashed these very files
         return cache
 
     def save(self, path: Path, key: str) -> None:
