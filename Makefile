@@ -21,3 +21,4 @@ test: setup data
 
 lint: setup
 	.venv/bin/ruff check src tests benchmarks examples
+	.venv/bin/ruff format --check src tests benchmarks examples

@@ -102,8 +102,10 @@ def main() -> None:
     print(f"cache build ({what}, once per run, {precision}): {cache_seconds:.2f}s = "
           f"{cache_seconds / med['plain']:.2f} plain epochs; over the config's {epochs} epochs cached/plain "
           f"incl. build = {amortised:.3f}")  # fmt: skip
-    print(f"RESULT cached/plain={med['cached'] / med['plain']:.3f} online/plain={med['online'] / med['plain']:.3f} "
-          f"online_fp32/plain={med['online_fp32'] / med['plain']:.3f} cached_incl_build/plain={amortised:.3f}")
+    print(
+        f"RESULT cached/plain={med['cached'] / med['plain']:.3f} online/plain={med['online'] / med['plain']:.3f} "
+        f"online_fp32/plain={med['online_fp32'] / med['plain']:.3f} cached_incl_build/plain={amortised:.3f}"
+    )
 
 
 if __name__ == "__main__":

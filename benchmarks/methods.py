@@ -50,8 +50,10 @@ def method_configs(scenario: str) -> list[Path]:
     for p in sorted(CONFIGS.glob("*.yaml")):
         raw = yaml.safe_load(p.read_text()) or {}
         # leave_out_dress.yaml carries a term too, but it is an experiment on another transfer set.
-        if raw.get("base") == SCENARIOS[scenario] and raw.get("terms") and not (raw.get("kd") or {}).get(
-            "exclude_classes"
+        if (
+            raw.get("base") == SCENARIOS[scenario]
+            and raw.get("terms")
+            and not (raw.get("kd") or {}).get("exclude_classes")
         ):
             out.append(p)
     return out

@@ -347,7 +347,10 @@ def teacher_cache(cfg: ExperimentConfig, teacher: FrozenTeacher, data: DataBundl
 
 
 def student_metrics(
-    test_logits: torch.Tensor, val_logits: torch.Tensor | None, t_val: torch.Tensor, data: DataBundle,
+    test_logits: torch.Tensor,
+    val_logits: torch.Tensor | None,
+    t_val: torch.Tensor,
+    data: DataBundle,
     bias_shift: float | None,
 ) -> tuple[Any, dict]:
     """Test score, calibration and (when classes were left out) the left-out report of a student's, or an

@@ -171,8 +171,16 @@ def plot_curves(run_dir: Path, out: Path) -> bool:
     runs = sorted(p for p in run_dir.glob("*/metrics.jsonl"))
     if not runs:
         return False
-    colors = {"teacher": "black", "scratch": "tab:blue", "kd": "tab:red", "label_smoothing": "tab:green",
-              "dml": "tab:purple", "born_again": "tab:orange", "multi_teacher": "tab:brown", "ta_chain": "tab:cyan"}
+    colors = {
+        "teacher": "black",
+        "scratch": "tab:blue",
+        "kd": "tab:red",
+        "label_smoothing": "tab:green",
+        "dml": "tab:purple",
+        "born_again": "tab:orange",
+        "multi_teacher": "tab:brown",
+        "ta_chain": "tab:cyan",
+    }
     fig = new_figure((11, 4))
     axes = fig.subplots(1, 2)
     seen: set[str] = set()
