@@ -35,6 +35,7 @@ from kdistill.config import load_config  # noqa: E402
 from kdistill.io import atomic_write_text  # noqa: E402
 from kdistill.modes import MODE_ROLES, describe  # noqa: E402
 from kdistill.pipeline import run_experiment  # noqa: E402
+from kdistill.report import environment, machine_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "fashion_mnist"
@@ -110,7 +111,7 @@ def _run(cfg: Any, smoke: bool, reuse: bool) -> dict:
         new = json.loads(json.dumps(cfg.model_dump(mode="json")))
         if _same(old["config"], new, json.loads(json.dumps(type(cfg)().model_dump(mode="json")))):
             print(f"[methods] reusing {done} (same resolved config)", flush=True)
-            return old
+            return {**old, "reused": True}
     return run_experiment(cfg, smoke=smoke)
 
 
@@ -121,6 +122,7 @@ def run_scenario(
     base_path = CONFIGS / SCENARIOS[scenario]
     t0 = time.perf_counter()
     base = _run(load_config(base_path, [*common, "roles=[scratch,kd]"]), smoke, reuse)
+    summaries = [base]
     rows_by = {"scratch": [r for r in base["rows"] if r["role"] == "scratch"],
                "kd (vanilla)": [r for r in base["rows"] if r["role"] == "kd"]}  # fmt: skip
     teacher_acc = next(r["test_acc"] for r in base["rows"] if r["role"] == "teacher")
@@ -135,6 +137,7 @@ def run_scenario(
             continue
         print(f"[methods] {scenario}: {name} ({time.perf_counter() - t0:.0f}s so far)", flush=True)
         summary = _run(cfg, smoke, reuse)
+        summaries.append(summary)
         rows_by[name] = [r for r in summary["rows"] if r["role"] == "kd"]
         terms = ", ".join(f"{t['method']}×{t['weight']:g}" for t in summary["config"]["terms"])
         described[name] = ("CE + logit KD + " if cfg.kd.alpha > 0 else "CE + ") + terms
@@ -149,6 +152,7 @@ def run_scenario(
         cfg = load_config(path, [*common, f"roles=[{', '.join(roles)}]"])
         print(f"[methods] {scenario}: {name} ({time.perf_counter() - t0:.0f}s so far)", flush=True)
         summary = _run(cfg, smoke, reuse)
+        summaries.append(summary)
         for label, (rows, text) in mode_rows(summary, name).items():
             rows_by[label], described[label] = rows, text
 
@@ -166,7 +170,8 @@ def run_scenario(
         })  # fmt: skip
     result = {"scenario": scenario, "base": SCENARIOS[scenario], "seeds": seeds, "threads": threads, "smoke": smoke,
               "teacher_test_acc": teacher_acc, "wall_seconds": time.perf_counter() - t0, "table": table,
-              "skipped": skipped,
+              "reused": [s["config"]["name"] for s in summaries if s.get("reused")],
+              "skipped": skipped, "environment": {**environment(), "threads": threads},
               "command": " ".join([Path(sys.executable).name, *sys.argv])}  # fmt: skip
     return result
 
@@ -189,7 +194,10 @@ def markdown(res: dict) -> str:
         )
     if res.get("skipped"):
         lines += ["", f"Not run (`--skip`): {', '.join(res['skipped'])}."]
-    lines += ["", f"{res['wall_seconds'] / 60:.0f} min on {res['threads']} thread(s); command: `{res['command']}`"]
+    reused = f"; {len(res['reused'])} finished run(s) reused: {', '.join(res['reused'])}" if res.get("reused") else ""
+    lines += ["", f"{res['wall_seconds'] / 60:.0f} min on {res['threads']} thread(s) in this invocation{reused}; "
+              f"command: `{res['command']}`"]  # fmt: skip
+    lines += machine_line(res.get("environment"))
     return "\n".join(lines) + "\n"
 
 

@@ -98,6 +98,10 @@ def test_summary_has_mean_std_and_gap(tmp_path: Path) -> None:
         assert s["derived"]["gap_recovered"] == pytest.approx((k - sc) / (t - sc))
     md = (tmp_path / "syn" / "summary.md").read_text()
     assert "± " in md and "label_smoothing" in md
+    # Metrics depend on the CPU's kernel path: every summary says which machine measured it.
+    env = s["environment"]
+    assert env["cpu"] and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert f"Measured on {env['cpu']}, {env['cpu_capability']}" in md
 
 
 def test_teacher_is_trained_once_then_reused(tmp_path: Path) -> None:

@@ -100,7 +100,8 @@ def summary_markdown(summary: dict) -> str:
             f"| {row_key(r)} | {r['seed']} | {_pct(r['test_acc'])} | {r['test_errors']} | {r['test_nll']:.4f} | "
             f"{r.get('best_epoch', '-')} | {r['train_seconds']:.1f} |"
         )
-    lines += ["", f"Reproduce: `{summary['command']}`", "", "![curves](curves.png)", ""]
+    lines += ["", f"Reproduce: `{summary['command']}`", *machine_line(summary.get("environment")), "",
+              "![curves](curves.png)", ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -220,7 +221,7 @@ def write_summary(run_dir: Path, cfg: Any, rows: list[dict], smoke: bool, deploy
         "command": "kdistill " + " ".join(sys.argv[1:])
         if Path(sys.argv[0]).name in ("kdistill", "__main__.py")
         else f"kdistill run <config> (name={cfg.name})",
-        "environment": {"python": platform.python_version(), "platform": platform.platform(), **_torch_env()},
+        "environment": environment(),
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
     # curves.png (linked from summary.md) is drawn with the other figures by kdistill.page.build_report.
@@ -228,10 +229,37 @@ def write_summary(run_dir: Path, cfg: Any, rows: list[dict], smoke: bool, deploy
     return summary
 
 
-def _torch_env() -> dict:
+def environment() -> dict:
+    """Where a number was measured: Python, OS, torch, threads, CPU model and kernel path, GPU if any."""
     import torch
 
-    return {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "cpu": cpu_name(),
+           # The kernel path (AVX2, AVX512, ...) decides float rounding: the same seeds give the same
+           # metrics on the same CPU kind, and may differ by a few tenths of a point on another.
+           "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
+    if torch.cuda.is_available():
+        env["cuda_device"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def machine_line(env: dict | None) -> list[str]:
+    """``["", "Measured on <cpu>, <kernel path>, torch <v>, <n> thread(s)."]``, or ``[]`` for old summaries."""
+    env = env or {}
+    machine = ", ".join(str(env[k]) for k in ("cpu", "cpu_capability", "cuda_device") if env.get(k))
+    # Same seeds on the same CPU kind give the same metrics; another kernel path rounds differently.
+    return ["", f"Measured on {machine}, torch {env.get('torch')}, {env.get('threads')} thread(s)."] if machine else []
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _json_default(o: Any) -> Any:
