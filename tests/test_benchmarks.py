@@ -39,7 +39,8 @@ def test_methods_smoke_table_has_base_method_and_mode_rows(tmp_path: Path, monke
     monkeypatch.chdir(ROOT)  # the configs name the shipped teacher checkpoint relative to the repo root
     m = _methods()
     keep = {"sp", "born_again"}
-    skip = tuple(p.stem for p in [*m.method_configs("compression"), *m.mode_configs("compression")] if p.stem not in keep)
+    configs = [*m.method_configs("compression"), *m.mode_configs("compression")]
+    skip = tuple(p.stem for p in configs if p.stem not in keep)
     res = m.run_scenario("compression", [0, 1], 1, tmp_path, smoke=True, skip=skip)
     table = {r["method"]: r for r in res["table"]}
     gens = [f"born_again/gen{k}" for k in range(4)]

@@ -29,6 +29,7 @@ def test_run_writes_a_self_contained_report(tmp_path: Path) -> None:
     assert all((run / s).is_file() for s in sources)  # no broken image
     assert "http" not in page and "<script" not in page and "<link" not in page  # opens offline
     assert "Soft targets at several temperatures" in page and "Calibration" in page
+    assert "Measured on " in page  # the machine behind the numbers
     # rebuilt from the run's files alone, e.g. after deleting a figure
     (run / "dark_knowledge.png").unlink()
     assert main(["report", str(run)]) == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.io import atomic_write_text, safe_load
-from kdistill.report import _pct, deploy_table, plot_curves
+from kdistill.report import _pct, deploy_table, machine_line, plot_curves
 from kdistill.why import (
     DEFAULT_TEMPERATURES,
     dark_knowledge_matrix,
@@ -132,7 +132,9 @@ def render(run_dir: Path, summary: dict) -> str:
         f"<code>{html.escape(cfg['teacher']['model']['arch'])}</code>, student "
         f"<code>{html.escape(cfg['student']['model']['arch'])}</code>; KD T = {cfg['kd']['T']}, α = "
         f"{cfg['kd']['alpha']}; seeds {html.escape(str(cfg['seeds']))}. Reproduce: "
-        f"<code>{html.escape(summary.get('command', ''))}</code></p>"
+        f"<code>{html.escape(summary.get('command', ''))}</code>"
+        + html.escape(" ".join(machine_line(summary.get("environment"))))
+        + "</p>"
     )
     rows = [[ROLE_LABEL.get(role, role), f"{int(a['params']):,}", _mean_std(a, "test_acc"),
              f"{a['test_errors_mean']:.0f}", _mean_std(a, "test_nll", pct=False), _mean_std(a, "test_ece"),
