@@ -197,7 +197,8 @@ def markdown(res: dict) -> str:
     reused = f"; {len(res['reused'])} finished run(s) reused: {', '.join(res['reused'])}" if res.get("reused") else ""
     lines += ["", f"{res['wall_seconds'] / 60:.0f} min on {res['threads']} thread(s) in this invocation{reused}; "
               f"command: `{res['command']}`"]  # fmt: skip
-    lines += machine_line(res.get("environment"))
+    if machine := machine_line(res.get("environment")):
+        lines += ["", machine]
     return "\n".join(lines) + "\n"
 
 

@@ -132,8 +132,8 @@ def render(run_dir: Path, summary: dict) -> str:
         f"<code>{html.escape(cfg['teacher']['model']['arch'])}</code>, student "
         f"<code>{html.escape(cfg['student']['model']['arch'])}</code>; KD T = {cfg['kd']['T']}, α = "
         f"{cfg['kd']['alpha']}; seeds {html.escape(str(cfg['seeds']))}. Reproduce: "
-        f"<code>{html.escape(summary.get('command', ''))}</code>"
-        + html.escape(" ".join(machine_line(summary.get("environment"))))
+        f"<code>{html.escape(summary.get('command', ''))}</code> "
+        + html.escape(machine_line(summary.get("environment")))
         + "</p>"
     )
     rows = [[ROLE_LABEL.get(role, role), f"{int(a['params']):,}", _mean_std(a, "test_acc"),

@@ -100,8 +100,10 @@ def summary_markdown(summary: dict) -> str:
             f"| {row_key(r)} | {r['seed']} | {_pct(r['test_acc'])} | {r['test_errors']} | {r['test_nll']:.4f} | "
             f"{r.get('best_epoch', '-')} | {r['train_seconds']:.1f} |"
         )
-    lines += ["", f"Reproduce: `{summary['command']}`", *machine_line(summary.get("environment")), "",
-              "![curves](curves.png)", ""]  # fmt: skip
+    lines += ["", f"Reproduce: `{summary['command']}`"]
+    if machine := machine_line(summary.get("environment")):
+        lines += ["", machine]
+    lines += ["", "![curves](curves.png)", ""]
     return "\n".join(lines)
 
 
@@ -243,12 +245,12 @@ def environment() -> dict:
     return env
 
 
-def machine_line(env: dict | None) -> list[str]:
-    """``["", "Measured on <cpu>, <kernel path>, torch <v>, <n> thread(s)."]``, or ``[]`` for old summaries."""
+def machine_line(env: dict | None) -> str:
+    """``"Measured on <cpu>, <kernel path>, torch <v>, <n> thread(s)."``, or ``""`` for summaries written
+    before :func:`environment` recorded the CPU."""
     env = env or {}
     machine = ", ".join(str(env[k]) for k in ("cpu", "cpu_capability", "cuda_device") if env.get(k))
-    # Same seeds on the same CPU kind give the same metrics; another kernel path rounds differently.
-    return ["", f"Measured on {machine}, torch {env.get('torch')}, {env.get('threads')} thread(s)."] if machine else []
+    return f"Measured on {machine}, torch {env.get('torch')}, {env.get('threads')} thread(s)." if machine else ""
 
 
 def cpu_name() -> str:
