@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from kdistill.config import load_config
-from kdistill.pipeline import run_experiment
+from kdistill.experiment.run import run_experiment
 
 OVERRIDES = [
     "data.name=synthetic",
@@ -57,8 +57,20 @@ def main() -> int:
         res[device] = accuracies(run_experiment(cfg))
     cfg_file = Path(args.out) / "empty.yaml"
     cfg_file.write_text("{}\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "kdistill",
-           "run", str(cfg_file), *OVERRIDES, "device=cuda", f"output_dir={args.out}/ddp"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "kdistill",
+        "run",
+        str(cfg_file),
+        *OVERRIDES,
+        "device=cuda",
+        f"output_dir={args.out}/ddp",
+    ]
     done = subprocess.run(cmd, env={**os.environ}, capture_output=True, text=True)
     if done.returncode != 0:
         print(done.stderr[-3000:])

@@ -27,13 +27,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must 
 
 import torch  # noqa: E402
 
+from kdistill.caches import LogitCache, ViewCache  # noqa: E402
 from kdistill.config import AugmentConfig, load_config  # noqa: E402
 from kdistill.data import BatchLoader, DataError, load_data  # noqa: E402
-from kdistill.distiller import Distiller, FrozenTeacher, LogitCache, Supervised, bf16_supported  # noqa: E402
-from kdistill.models import build_model, count_params  # noqa: E402
-from kdistill.pipeline import load_weights_into  # noqa: E402
+from kdistill.distiller import Distiller, Supervised  # noqa: E402
+from kdistill.models import build_model, count_params, load_weights_into  # noqa: E402
+from kdistill.teacher import FrozenTeacher, bf16_supported  # noqa: E402
 from kdistill.trainer import fit  # noqa: E402
-from kdistill.views import ViewCache  # noqa: E402
 
 
 def main() -> None:
@@ -75,7 +75,7 @@ def main() -> None:
         if mode == "plain":
             return Supervised(student)
         teacher = exact if mode == "online_fp32" else fast
-        return Distiller(student, teacher, cfg.kd.T, cfg.kd.alpha, cache=cache if mode == "cached" else None)
+        return Distiller(student, teacher, cfg.kd.T, cfg.kd.alpha, source=cache if mode == "cached" else None)
 
     modes = ["plain", "cached", "online", "online_fp32"]
     times: dict[str, list[float]] = {m: [] for m in modes}
@@ -89,19 +89,25 @@ def main() -> None:
     med = {m: statistics.median(v) for m, v in times.items()}
     epochs = cfg.student.train.epochs
     what = f"{args.views} augmented views per image" if args.augment or args.flip else "one row per image"
-    print(f"config {args.config}: student {s_spec.arch} {s_spec.kwargs} ({count_params(student):,} params), "
-          f"teacher {t_spec.arch} ({count_params(model):,} params)")  # fmt: skip
-    print(f"{len(data.train)} training images, batch {train_cfg.batch_size}, augmentation {aug.model_dump()}, "
-          f"{args.threads} thread(s), {args.repeats} repeats, torch {torch.__version__}, "
-          f"bf16 kernels: {bf16_supported(torch.device('cpu'))}")  # fmt: skip
+    print(
+        f"config {args.config}: student {s_spec.arch} {s_spec.kwargs} ({count_params(student):,} params), "
+        f"teacher {t_spec.arch} ({count_params(model):,} params)"
+    )
+    print(
+        f"{len(data.train)} training images, batch {train_cfg.batch_size}, augmentation {aug.model_dump()}, "
+        f"{args.threads} thread(s), {args.repeats} repeats, torch {torch.__version__}, "
+        f"bf16 kernels: {bf16_supported(torch.device('cpu'))}"
+    )
     print(f"{'mode':<12} {'epoch s (median)':>17} {'ratio to plain':>15}")
     for m in modes:
         print(f"{m:<12} {med[m]:>17.2f} {med[m] / med['plain']:>15.3f}")
     amortised = (med["cached"] + cache_seconds / epochs) / med["plain"]
     precision = "bf16" if (args.augment or args.flip) and bf16_supported(torch.device("cpu")) else "float32"
-    print(f"cache build ({what}, once per run, {precision}): {cache_seconds:.2f}s = "
-          f"{cache_seconds / med['plain']:.2f} plain epochs; over the config's {epochs} epochs cached/plain "
-          f"incl. build = {amortised:.3f}")  # fmt: skip
+    print(
+        f"cache build ({what}, once per run, {precision}): {cache_seconds:.2f}s = "
+        f"{cache_seconds / med['plain']:.2f} plain epochs; over the config's {epochs} epochs cached/plain "
+        f"incl. build = {amortised:.3f}"
+    )
     print(
         f"RESULT cached/plain={med['cached'] / med['plain']:.3f} online/plain={med['online'] / med['plain']:.3f} "
         f"online_fp32/plain={med['online_fp32'] / med['plain']:.3f} cached_incl_build/plain={amortised:.3f}"

@@ -7,7 +7,7 @@
 For a scenario, the base config is run for the scratch student and vanilla logit KD, then every
 method config of that scenario (``configs/fashion_mnist/<method>.yaml`` with ``base: <scenario>``) for
 its KD student, then every mode config of that scenario (roles ``dml``, ``born_again``, ``multi_teacher``,
-``ta_chain``; kdistill.modes) for each of its students of the student's architecture and each ensemble
+``ta_chain``; kdistill.experiment.roles) for each of its students of the student's architecture and each ensemble
 (one row per DML peer, born-again generation, ...; assistants, of another architecture, are left out),
 all with the same seeds and the shipped teacher. The table gives mean ± std test
 accuracy, the difference to scratch and to vanilla KD, the share of the teacher–student gap recovered
@@ -31,22 +31,24 @@ from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin on shared cores
 
-from kdistill.config import load_config  # noqa: E402
+import yaml  # noqa: E402
+
+from kdistill.config import config_schema, load_config  # noqa: E402
+from kdistill.environment import environment, machine_line  # noqa: E402
+from kdistill.experiment.roles import ROLES  # noqa: E402
+from kdistill.experiment.run import run_experiment  # noqa: E402
 from kdistill.io import atomic_write_text  # noqa: E402
-from kdistill.modes import MODE_ROLES, describe  # noqa: E402
-from kdistill.pipeline import run_experiment  # noqa: E402
-from kdistill.report import environment, machine_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "fashion_mnist"
 SCENARIOS = {"compression": "hinton.yaml", "few_labels": "few_labels.yaml"}
+# Roles beyond the three students of every config (mutual learning, born-again, several teachers, chains).
+MODE_ROLES = [r for r in ROLES if r not in ("scratch", "kd", "label_smoothing")]
 
 
 def method_configs(scenario: str) -> list[Path]:
     """Configs built on the scenario's base that add distillation terms (experiments without terms,
     such as leave_out_dress.yaml, share the base but are not methods)."""
-    import yaml
-
     out = []
     for p in sorted(CONFIGS.glob("*.yaml")):
         raw = yaml.safe_load(p.read_text()) or {}
@@ -63,8 +65,6 @@ def method_configs(scenario: str) -> list[Path]:
 def mode_configs(scenario: str) -> list[Path]:
     """Configs built on the scenario's base whose roles are mode roles: mutual learning, born-again
     generations, several teachers, teacher-assistant chains."""
-    import yaml
-
     out = []
     for p in sorted(CONFIGS.glob("*.yaml")):
         raw = yaml.safe_load(p.read_text()) or {}
@@ -76,12 +76,13 @@ def mode_configs(scenario: str) -> list[Path]:
 def mode_rows(summary: dict, name: str) -> dict[str, tuple[list[dict], str]]:
     """``{label: (rows, description)}`` of a mode run: its models of the student's spec and its ensembles."""
     groups: dict[str, tuple[list[dict], str]] = {}
+    cfg = config_schema().model_validate(summary["config"])  # also for runs written before summaries held roles
     for r in summary["rows"]:
         if r["role"] not in MODE_ROLES or not (r.get("student") or r.get("ensemble")):
             continue
         label = f"{name}/{r['variant']}" if r.get("variant") else name
         if label not in groups:
-            groups[label] = ([], describe(summary["config"], r["role"], r.get("variant")))
+            groups[label] = ([], ROLES[r["role"]].describe(cfg, r.get("variant")))
         groups[label][0].append(r)
     return groups
 
@@ -123,8 +124,10 @@ def run_scenario(
     t0 = time.perf_counter()
     base = _run(load_config(base_path, [*common, "roles=[scratch,kd]"]), smoke, reuse)
     summaries = [base]
-    rows_by = {"scratch": [r for r in base["rows"] if r["role"] == "scratch"],
-               "kd (vanilla)": [r for r in base["rows"] if r["role"] == "kd"]}  # fmt: skip
+    rows_by = {
+        "scratch": [r for r in base["rows"] if r["role"] == "scratch"],
+        "kd (vanilla)": [r for r in base["rows"] if r["role"] == "kd"],
+    }
     teacher_acc = next(r["test_acc"] for r in base["rows"] if r["role"] == "teacher")
     described = {"scratch": "CE on the labelled set", "kd (vanilla)": "CE + logit KD (T, α of the base config)"}
     skipped: list[str] = []
@@ -163,16 +166,34 @@ def run_scenario(
     for name, rows in rows_by.items():
         mean, std = _stats(rows, "test_acc")
         gap = (mean - scratch_acc) / (teacher_acc - scratch_acc) if abs(teacher_acc - scratch_acc) > 1e-12 else None
-        table.append({
-            "method": name, "loss": described[name], "n": len(rows), "test_acc_mean": mean, "test_acc_std": std,
-            "delta_scratch": mean - scratch_acc, "delta_kd": mean - kd_acc, "gap_recovered": gap,
-            "extra_params": int(rows[0].get("extra_params", 0)), "step_time_ratio": _per_step(rows) / scratch_step,
-        })  # fmt: skip
-    result = {"scenario": scenario, "base": SCENARIOS[scenario], "seeds": seeds, "threads": threads, "smoke": smoke,
-              "teacher_test_acc": teacher_acc, "wall_seconds": time.perf_counter() - t0, "table": table,
-              "reused": [s["config"]["name"] for s in summaries if s.get("reused")],
-              "skipped": skipped, "environment": {**environment(), "threads": threads},
-              "command": " ".join([Path(sys.executable).name, *sys.argv])}  # fmt: skip
+        table.append(
+            {
+                "method": name,
+                "loss": described[name],
+                "n": len(rows),
+                "test_acc_mean": mean,
+                "test_acc_std": std,
+                "delta_scratch": mean - scratch_acc,
+                "delta_kd": mean - kd_acc,
+                "gap_recovered": gap,
+                "extra_params": int(rows[0].get("extra_params", 0)),
+                "step_time_ratio": _per_step(rows) / scratch_step,
+            }
+        )
+    result = {
+        "scenario": scenario,
+        "base": SCENARIOS[scenario],
+        "seeds": seeds,
+        "threads": threads,
+        "smoke": smoke,
+        "teacher_test_acc": teacher_acc,
+        "wall_seconds": time.perf_counter() - t0,
+        "table": table,
+        "reused": [s["config"]["name"] for s in summaries if s.get("reused")],
+        "skipped": skipped,
+        "environment": {**environment(), "threads": threads},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
     return result
 
 
@@ -195,8 +216,11 @@ def markdown(res: dict) -> str:
     if res.get("skipped"):
         lines += ["", f"Not run (`--skip`): {', '.join(res['skipped'])}."]
     reused = f"; {len(res['reused'])} finished run(s) reused: {', '.join(res['reused'])}" if res.get("reused") else ""
-    lines += ["", f"{res['wall_seconds'] / 60:.0f} min on {res['threads']} thread(s) in this invocation{reused}; "
-              f"command: `{res['command']}`"]  # fmt: skip
+    lines += [
+        "",
+        f"{res['wall_seconds'] / 60:.0f} min on {res['threads']} thread(s) in this invocation{reused}; "
+        f"command: `{res['command']}`",
+    ]
     if machine := machine_line(res.get("environment")):
         lines += ["", machine]
     return "\n".join(lines) + "\n"

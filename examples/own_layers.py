@@ -29,8 +29,12 @@ def main(epochs: int = 20) -> dict[str, float]:
     torch.set_num_threads(2)
     data = load_data("digits", val_size=150)
     teacher = MyTeacher()
-    train(teacher, lambda b: F.cross_entropy(teacher(b["x"]), b["y"]), BatchLoader(data.train, 64, shuffle=True),
-          max(1, epochs + epochs // 2))  # fmt: skip
+    train(
+        teacher,
+        lambda b: F.cross_entropy(teacher(b["x"]), b["y"]),
+        BatchLoader(data.train, 64, shuffle=True),
+        max(1, epochs + epochs // 2),
+    )
     print(format_layer_table(layer_table(MyStudent(), (1, 8, 8))))
 
     # student layer net.2 (hidden ReLU, 16 values) <- teacher layer net.6 (flattened features, 256 values)
@@ -48,10 +52,14 @@ def main(epochs: int = 20) -> dict[str, float]:
     transfer.y[:100] = data.train.y[:100]
     # Distiller.parameters() = the student's + the adapters' (the frozen teacher's need no gradient).
     train(distiller, lambda b: distiller(b).loss, BatchLoader(transfer, 32, shuffle=True), epochs)
-    result = {"teacher": accuracy(teacher, data.test.x, data.test.y),
-              "student": accuracy(student, data.test.x, data.test.y)}  # fmt: skip
-    print(f"teacher test acc {result['teacher']:.3f}; student (logit KD + hint + RKD, "
-          f"{distiller.extra_params()} adapter params) test acc {result['student']:.3f}")  # fmt: skip
+    result = {
+        "teacher": accuracy(teacher, data.test.x, data.test.y),
+        "student": accuracy(student, data.test.x, data.test.y),
+    }
+    print(
+        f"teacher test acc {result['teacher']:.3f}; student (logit KD + hint + RKD, "
+        f"{distiller.extra_params()} adapter params) test acc {result['student']:.3f}"
+    )
     return result
 
 

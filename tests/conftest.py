@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from kdistill.data import Split
+from tests.helpers import make_bn_teacher
 
 torch.set_num_threads(1)
 
@@ -24,23 +25,6 @@ def _one_thread_and_seed() -> None:
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
-
-
-def make_bn_teacher(in_features: int = 6, num_classes: int = 3, seed: int = 0) -> nn.Module:
-    """A tiny MLP with BatchNorm and dropout, so train/eval mode changes its outputs."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Linear(in_features, 8),
-        nn.BatchNorm1d(8),
-        nn.ReLU(),
-        nn.Dropout(0.5),
-        nn.Linear(8, num_classes),
-    )
-    # Non-trivial running statistics, so that eval-mode outputs differ clearly from train-mode ones.
-    bn = model[1]
-    bn.running_mean.uniform_(-1.0, 1.0)
-    bn.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdistill.config import ConfigError, ExperimentConfig, load_config, parse_override
+from kdistill.config import ConfigError, config_schema, load_config, parse_override
 
 
 def _error(overrides: list[str] | None = None, path: Path | None = None) -> str:
@@ -134,7 +134,7 @@ def test_missing_file_errors(tmp_path: Path) -> None:
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     p = tmp_path / "empty.yaml"
     p.write_text("")
-    assert load_config(p) == ExperimentConfig()
+    assert load_config(p) == config_schema()()
 
 
 def test_transfer_all_needs_labelled() -> None:
@@ -161,7 +161,7 @@ def test_to_yaml_round_trips(tmp_path: Path) -> None:
             "roles=[kd]",
         ],
     )
-    assert cfg != ExperimentConfig()
+    assert cfg != config_schema()()
     p = tmp_path / "cfg.yaml"
     p.write_text(cfg.to_yaml())
     again = load_config(p)
@@ -169,8 +169,8 @@ def test_to_yaml_round_trips(tmp_path: Path) -> None:
     assert again.to_yaml() == cfg.to_yaml()
     assert again.teacher_key() == cfg.teacher_key()
     # The defaults round-trip too.
-    p.write_text(ExperimentConfig().to_yaml())
-    assert load_config(p) == ExperimentConfig()
+    p.write_text(config_schema()().to_yaml())
+    assert load_config(p) == config_schema()()
 
 
 # ----------------------------------------------------------------------------- base: inheritance

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 from kdistill.config import load_config
 from kdistill.dist import DistError
-from kdistill.pipeline import run_experiment
+from kdistill.experiment.run import run_experiment
 
 
 def overrides(out: Path) -> list[str]:
@@ -46,8 +46,18 @@ def overrides(out: Path) -> list[str]:
 def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     config = tmp_path / "empty.yaml"
     config.write_text("{}\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "kdistill", "run", str(config), *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "kdistill",
+        "run",
+        str(config),
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 

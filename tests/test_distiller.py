@@ -1,17 +1,17 @@
-"""FrozenTeacher really is frozen; LogitCache finds each sample's row after shuffles and subsets."""
+"""Distiller: the teacher stays frozen through training, a cached teacher gives the online teacher's loss."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
-from conftest import make_bn_teacher
+from kdistill.caches import LogitCache
 from kdistill.config import TrainConfig
 from kdistill.data import BatchLoader, Split
-from kdistill.distiller import Distiller, FrozenTeacher, LogitCache
+from kdistill.distiller import Distiller
 from kdistill.losses import kd_loss_parts
 from kdistill.trainer import fit
+from tests.helpers import make_bn_teacher
 
 
 def _student(in_features: int = 6, num_classes: int = 3) -> nn.Module:
@@ -27,36 +27,6 @@ def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-
-
-# ----------------------------------------------------------------------------- FrozenTeacher
-
-
-def test_frozen_teacher_stays_in_eval_mode(bn_teacher: nn.Module) -> None:
-    bn_teacher.train()
-    distiller = Distiller(_student(), bn_teacher, T=2.0, alpha=0.5)
-    assert isinstance(distiller.teacher, FrozenTeacher)
-    distiller.train()
-    assert distiller.training and distiller.model.training
-    assert not any(m.training for m in distiller.teacher.modules())
-    distiller.teacher.train(True)
-    assert not any(m.training for m in distiller.teacher.modules())
-    distiller.eval()
-    distiller.train(True)
-    assert not any(m.training for m in distiller.teacher.modules())
-    # An already frozen teacher is used as is, not wrapped twice.
-    frozen = FrozenTeacher(make_bn_teacher())
-    assert Distiller(_student(), frozen).teacher is frozen
-
-
-def test_frozen_teacher_output_is_deterministic_and_has_no_graph(bn_teacher: nn.Module) -> None:
-    teacher = FrozenTeacher(bn_teacher).train()
-    x = torch.randn(4, 6, requires_grad=True)
-    a, b = teacher(x), teacher(x)
-    assert torch.equal(a, b)  # dropout off, BatchNorm uses running statistics
-    assert not a.requires_grad and a.grad_fn is None
-    bn_teacher_eval = make_bn_teacher().eval()
-    assert torch.allclose(a, bn_teacher_eval(x).detach())
 
 
 def test_teacher_params_get_no_grad(bn_teacher: nn.Module) -> None:
@@ -104,69 +74,14 @@ def test_fit_with_distiller_leaves_teacher_untouched(bn_teacher: nn.Module) -> N
     assert any(not torch.equal(v, student.state_dict()[k]) for k, v in student_before.items())
 
 
-# ----------------------------------------------------------------------------- LogitCache
-
-
-def _cache_for(split: Split, teacher: nn.Module) -> LogitCache:
-    return LogitCache.build(teacher, BatchLoader(split, 7))
-
-
-def test_logit_cache_rows_follow_sample_index_through_shuffles_and_subsets(
-    sparse_split: Split, bn_teacher: nn.Module
-) -> None:
-    bn_teacher.train()  # build() must evaluate in eval mode and then restore the mode
-    cache = _cache_for(sparse_split, bn_teacher)
-    assert bn_teacher.training
-    assert len(cache) == len(sparse_split)
-    reference = make_bn_teacher().eval()  # same weights and statistics, evaluated one sample at a time
-
-    rows = torch.tensor([1, 3, 4, 8, 11, 12, 15, 19])
-    subset = sparse_split.take(rows)
-    assert not torch.equal(subset.index, torch.arange(len(subset)))
-    loader = BatchLoader(subset, batch_size=3, shuffle=True, seed=11)
-    orders = []
-    for epoch in range(2):
-        loader.set_epoch(epoch)
-        order = []
-        for b in loader:
-            got = cache(b["index"])
-            with torch.no_grad():
-                want = reference(b["x"])
-            assert torch.allclose(got, want, atol=1e-6), b["index"]
-            order += b["index"].tolist()
-        orders.append(order)
-    assert sorted(orders[0]) == sorted(subset.index.tolist())
-    assert orders[0] != subset.index.tolist() and orders[0] != orders[1]  # really shuffled, per epoch
-    # A lookup by position in the subset (instead of by sample index) would have given other rows.
-    assert not torch.allclose(cache.logits[: len(subset)], cache(subset.index))
-
-
-def test_logit_cache_miss_raises_key_error(sparse_split: Split, bn_teacher: nn.Module) -> None:
-    cache = _cache_for(sparse_split.take(torch.arange(10)), bn_teacher)
-    present = sparse_split.index[:10]
-    absent = sorted(set(range(int(present.max()) + 1)) - set(present.tolist()))[:2]
-    with pytest.raises(KeyError, match=str(absent[0])):
-        cache(torch.tensor([int(present[0]), absent[0], absent[1]]))
-    with torch.no_grad():
-        want = make_bn_teacher().eval()(sparse_split.x[:3])
-    torch.testing.assert_close(cache(present[:3]), want)
-
-
-@pytest.mark.parametrize("bad", [10_000, -1])
-def test_logit_cache_out_of_range_index_is_a_miss(bad: int) -> None:
-    cache = LogitCache(torch.randn(4, 3), torch.arange(4))
-    with pytest.raises(KeyError):
-        cache(torch.tensor([0, bad]))
-
-
 def test_distiller_with_cache_matches_online_teacher(sparse_split: Split, bn_teacher: nn.Module) -> None:
-    cache = _cache_for(sparse_split, bn_teacher)
+    cache = LogitCache.build(bn_teacher, BatchLoader(sparse_split, 7))
     subset = sparse_split.take(torch.tensor([0, 2, 5, 6, 9, 13, 17]))
     batch = next(iter(BatchLoader(subset, batch_size=5, shuffle=True, seed=2)))
     batch["y"][1] = -1  # one unlabelled row for good measure
 
     online = Distiller(_student(), bn_teacher, T=3.0, alpha=0.6)
-    cached = Distiller(_student(), bn_teacher, T=3.0, alpha=0.6, cache=cache)
+    cached = Distiller(_student(), bn_teacher, T=3.0, alpha=0.6, source=cache)
     online.train()
     cached.train()
     a, b = online(batch), cached(batch)

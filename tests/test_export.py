@@ -13,13 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-import kdistill.pipeline
 from kdistill.cli import main
 from kdistill.config import load_config
+from kdistill.experiment.run import run_experiment
 from kdistill.export import ExportError, _export_onnx, choose_student, export_run, load_exported
 from kdistill.io import CheckpointError, safe_load
 from kdistill.models import build_model
-from kdistill.pipeline import run_experiment
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -45,7 +44,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "name=syn",
     ]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(kdistill.pipeline, "build_report", lambda run_dir: run_dir / "report.html")  # figures: slow
+        mp.setattr("kdistill.experiment.run.build_report", lambda run_dir: run_dir / "report.html")  # figures: slow
         run_experiment(load_config(None, overrides), smoke=True)
     torch.set_num_threads(1)
     return out / "syn-smoke"
@@ -69,8 +68,11 @@ def test_export_onnx_and_safetensors_match_pytorch(run_dir: Path, tmp_path: Path
     res = export_run(run)
     out = run / "export"
     assert sorted(p.name for p in out.iterdir()) == [
-        "student.json", "student.onnx", "student.safetensors", "verify.json"
-    ]  # fmt: skip
+        "student.json",
+        "student.onnx",
+        "student.safetensors",
+        "verify.json",
+    ]
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
     summary = json.loads((run / "summary.json").read_text())
     students = [r for r in summary["rows"] if r["role"] != "teacher"]
@@ -105,8 +107,11 @@ def test_export_role_seed_torchscript_and_out_dir(run_dir: Path, tmp_path: Path)
     res = export_run(run_dir, formats=["torchscript,safetensors"], out_dir=out, role="kd", seed=0, verbose=False)
     assert res["source"]["role"] == "kd" and res["source"]["selected_by"] == "role/seed given"
     assert sorted(p.name for p in out.iterdir()) == [
-        "student.json", "student.safetensors", "student.torchscript.pt", "verify.json"
-    ]  # fmt: skip
+        "student.json",
+        "student.safetensors",
+        "student.torchscript.pt",
+        "verify.json",
+    ]
     assert res["verify"]["torchscript"]["ok"] and "onnx" not in res["verify"]
     x = torch.randn(5, 1, 8, 8)
     with warnings.catch_warnings():

@@ -27,10 +27,10 @@ def test_cnn_rejects_mismatched_stage_counts() -> None:
 
 
 def test_user_model_by_import_path_with_kwargs() -> None:
-    m = build_model("fixtures.user_models:TinyNet", (1, 8, 8), 7, {"width": 5})
+    m = build_model("tests.fixtures.user_models:TinyNet", (1, 8, 8), 7, {"width": 5})
     assert m(torch.randn(3, 1, 8, 8)).shape == (3, 7)  # num_classes passed because the signature takes it
     assert m.head.in_features == 5
-    plain = build_model("fixtures.user_models:make_plain", (1, 8, 8), 7, {"width": 6})
+    plain = build_model("tests.fixtures.user_models:make_plain", (1, 8, 8), 7, {"width": 6})
     assert plain(torch.randn(3, 1, 8, 8)).shape == (3, 6)
 
 
@@ -39,8 +39,8 @@ def test_user_model_by_import_path_with_kwargs() -> None:
     [
         ("resnet", "neither a built-in"),
         ("no_such_pkg.mod:Net", "cannot import module 'no_such_pkg.mod'"),
-        ("fixtures.user_models:Missing", "has no attribute 'Missing'"),
-        ("fixtures.user_models:not_a_model", "not an nn.Module"),
+        ("tests.fixtures.user_models:Missing", "has no attribute 'Missing'"),
+        ("tests.fixtures.user_models:not_a_model", "not an nn.Module"),
     ],
 )
 def test_bad_model_specs_explain_themselves(arch: str, message: str) -> None:

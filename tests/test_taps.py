@@ -270,7 +270,8 @@ def test_cli_layers_builtin_cnn(capsys: pytest.CaptureFixture[str], restore_sys_
 
 
 def test_cli_layers_user_factory_with_yaml_kwargs(capsys: pytest.CaptureFixture[str], restore_sys_path: None) -> None:
-    assert main(["layers", "fixtures.user_models:TinyNet", "--input-shape", "1,1,8,8", "--kwargs", "width: 5"]) == 0
+    spec = "tests.fixtures.user_models:TinyNet"
+    assert main(["layers", spec, "--input-shape", "1,1,8,8", "--kwargs", "width: 5"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     assert "body.1" in lines and "Linear" in lines["body.1"] and "(1, 5)" in lines["body.1"]

@@ -10,14 +10,15 @@ import torch
 from torch import nn
 
 from kdistill.adapters import AdapterError, make_adapter
+from kdistill.caches import LogitCache
 from kdistill.config import ConfigError, load_config
 from kdistill.data import BatchLoader, load_data
 from kdistill.distiller import Distiller
+from kdistill.experiment.run import run_experiment
 from kdistill.losses import attention_transfer_loss, hint_loss
 from kdistill.models import build_model
-from kdistill.pipeline import make_terms, run_experiment
-from kdistill.terms import TERMS, Term, TermContext, build_term, register
-from test_pipeline import synthetic_overrides
+from kdistill.terms import TERMS, Term, TermContext, TermError, build_term, build_terms, register
+from tests.helpers import synthetic_overrides
 
 CNN_T = {"channels": [8, 16], "convs_per_stage": [1, 1]}
 CNN_S = {"channels": [4, 8], "convs_per_stage": [1, 1]}
@@ -151,45 +152,67 @@ def _cfg(tmp_path: Path, terms: str, *extra: str):
     return load_config(
         None,
         synthetic_overrides(tmp_path)
-        + ["teacher.model.arch=cnn", f"teacher.model.kwargs={CNN_T}", "student.model.arch=cnn",
-           f"student.model.kwargs={CNN_S}", f"terms={terms}", *extra],
-    )  # fmt: skip
+        + [
+            "teacher.model.arch=cnn",
+            f"teacher.model.kwargs={CNN_T}",
+            "student.model.arch=cnn",
+            f"student.model.kwargs={CNN_S}",
+            f"terms={terms}",
+            *extra,
+        ],
+    )
+
+
+def _terms(cfg, student: nn.Module, teacher: nn.Module, data) -> list[Term]:  # noqa: ANN001
+    return build_terms(cfg.terms, student, teacher, data.input_shape, data.num_classes, data.transfer_set, cfg.kd.T)
 
 
 def test_unknown_layer_is_reported_with_close_matches(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, "[{method: fitnet, layers: [[features.22, features.2]]}]")
     data = _data()
-    with pytest.raises(ConfigError) as e:
-        make_terms(cfg, _cnn(CNN_S), _cnn(CNN_T), data)
+    with pytest.raises(TermError) as e:
+        _terms(cfg, _cnn(CNN_S), _cnn(CNN_T), data)
     msg = str(e.value)
     assert "terms[0] (fitnet)" in msg and "features.22" in msg and "features.2" in msg
 
 
 def test_layer_list_builds_one_term_per_pair(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, "[{method: at, layers: [[features.2, features.2], [features.6, features.6]]}]")
-    terms = make_terms(cfg, _cnn(CNN_S), _cnn(CNN_T), _data())
-    assert [(t.student_layer, t.teacher_layer) for t in terms] == [("features.2", "features.2"),
-                                                                    ("features.6", "features.6")]  # fmt: skip
+    terms = _terms(cfg, _cnn(CNN_S), _cnn(CNN_T), _data())
+    assert [(t.student_layer, t.teacher_layer) for t in terms] == [
+        ("features.2", "features.2"),
+        ("features.6", "features.6"),
+    ]
 
 
 def test_label_reading_term_on_unlabelled_transfer_set_fails_before_training(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, "[{method: dkd}]", "data.labelled=40", "kd.transfer=all")
-    data = load_data("synthetic", val_size=60, labelled=40, transfer="all",
-                     synthetic={"n_train": 400, "n_test": 200, "num_classes": 4, "side": 8})  # fmt: skip
-    with pytest.raises(ConfigError, match=r"terms\[0\] \(dkd\) reads every sample's label.*unlabelled"):
-        make_terms(cfg, _cnn(CNN_S), _cnn(CNN_T), data)
+    data = load_data(
+        "synthetic",
+        val_size=60,
+        labelled=40,
+        transfer="all",
+        synthetic={"n_train": 400, "n_test": 200, "num_classes": 4, "side": 8},
+    )
+    with pytest.raises(TermError, match=r"terms\[0\] \(dkd\) reads every sample's label.*unlabelled"):
+        _terms(cfg, _cnn(CNN_S), _cnn(CNN_T), data)
 
 
 def test_shape_error_reaches_the_user_before_training(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, "[{method: fitnet, layers: [[features.2, features]]}]")
     with pytest.raises(ConfigError, match=r"terms\[0\] \(fitnet\).*pool: avg"):
         run_experiment(cfg)
-    assert not list((tmp_path / "syn").glob("kd-seed*/last.pt"))
+    assert not list((tmp_path / "syn").glob("*/last.pt"))  # not even the teacher was trained
+    assert not (tmp_path / "_teachers").exists()
 
 
 def test_run_with_terms_saves_adapters_and_counts_extra_params(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, "[{method: fitnet, layers: [[features.2, features.2]]}, {method: dkd, warmup_epochs: 2}]",
-               "roles=[kd]", "seeds=[0]")  # fmt: skip
+    cfg = _cfg(
+        tmp_path,
+        "[{method: fitnet, layers: [[features.2, features.2]]}, {method: dkd, warmup_epochs: 2}]",
+        "roles=[kd]",
+        "seeds=[0]",
+    )
     summary = run_experiment(cfg)
     kd = [r for r in summary["rows"] if r["role"] == "kd"][0]
     assert kd["extra_params"] == 4 * 8 + 2 * 8
@@ -221,8 +244,6 @@ def test_a_new_method_needs_only_a_function_and_a_term(tmp_path: Path) -> None:
 
 
 def test_cached_teacher_layers_equal_the_online_teacher_after_shuffling() -> None:
-    from kdistill.distiller import LogitCache
-
     data = _data()
     teacher = _cnn(CNN_T, 1)
     cache = LogitCache.build(teacher, BatchLoader(data.train, 50), ["features.2"])
@@ -230,7 +251,7 @@ def test_cached_teacher_layers_equal_the_online_teacher_after_shuffling() -> Non
     student = _cnn(CNN_S)
     term = build_term("fitnet", ctx)
     online = Distiller(student, teacher, terms=[term])
-    cached = Distiller(student, teacher, terms=[term], cache=cache)
+    cached = Distiller(student, teacher, terms=[term], source=cache)
     online.eval()  # same student forward (BatchNorm in eval) for both
     cached.eval()
     batch = next(iter(BatchLoader(data.train, 32, shuffle=True, seed=3)))
@@ -238,8 +259,12 @@ def test_cached_teacher_layers_equal_the_online_teacher_after_shuffling() -> Non
     torch.testing.assert_close(a.loss, b.loss)
     torch.testing.assert_close(a.parts["fitnet"], b.parts["fitnet"])
     with pytest.raises(ValueError, match="holds no outputs of teacher layers"):
-        Distiller(student, teacher, terms=[build_term("at", _ctx((4, 8, 8), (16, 4, 4), "features.2", "features.6"))],
-                  cache=cache)  # fmt: skip
+        Distiller(
+            student,
+            teacher,
+            terms=[build_term("at", _ctx((4, 8, 8), (16, 4, 4), "features.2", "features.6"))],
+            source=cache,
+        )
 
 
 def test_rkd_angle_rows_limits_the_triplets() -> None:

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdistill.data import Split
-from kdistill.models import MLP
-from kdistill.toy import make_toy, plot_decision_regions, run_toy
+from kdistill.report.figures import plot_decision_regions
+from kdistill.toy import make_toy, run_toy
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -54,9 +53,19 @@ def test_make_toy_bad_input(kwargs: dict, match: str) -> None:
 
 def test_tiny_run_toy_and_decision_regions(tmp_path: Path) -> None:
     r = run_toy(
-        "spirals", seed=0, n_train=90, n_val=30, n_transfer=90, n_test=90, teacher_hidden=(64, 64),
-        student_hidden=(4,), teacher_steps=300, student_steps=60, batch_size=32, resolution=24,
-    )  # fmt: skip
+        "spirals",
+        seed=0,
+        n_train=90,
+        n_val=30,
+        n_transfer=90,
+        n_test=90,
+        teacher_hidden=(64, 64),
+        student_hidden=(4,),
+        teacher_steps=300,
+        student_steps=60,
+        batch_size=32,
+        resolution=24,
+    )
     assert set(r["models"]) == {"teacher", "scratch", "kd"}
     assert r["test_acc"]["teacher"] > 0.5  # three classes: chance is 1/3
     for name in ("scratch", "kd"):
@@ -71,20 +80,3 @@ def test_tiny_run_toy_and_decision_regions(tmp_path: Path) -> None:
     assert plot_decision_regions(r["models"], r["train"], path, resolution=30, test=r["test"]) == path
     assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 1000
     assert [p.name for p in tmp_path.iterdir()] == ["regions.png"]  # the temporary file was renamed
-
-
-def test_decision_regions_with_unlabelled_points_and_no_test(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    x = torch.randn(20, 2)
-    split = Split(x, torch.tensor([0, 1, -1, 2] * 5), torch.arange(20))
-    models = {"a": MLP(2, 3, hidden=(4,)), "b": MLP(2, 3, hidden=(4,))}
-    path = plot_decision_regions(models, split, tmp_path / "sub" / "r.png", resolution=10, reference="a")
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-
-
-def test_decision_regions_bad_input(tmp_path: Path) -> None:
-    split = Split(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), torch.arange(4))
-    with pytest.raises(ValueError, match="2-D inputs"):
-        plot_decision_regions({"m": MLP(3, 2, hidden=(2,))}, split, tmp_path / "x.png")
-    with pytest.raises(ValueError, match="models is empty"):
-        plot_decision_regions({}, split, tmp_path / "x.png")

@@ -12,18 +12,27 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
+from kdistill import dist
+from kdistill.caches import CacheError
 from kdistill.config import ConfigError, load_config
 from kdistill.data import DataError
 from kdistill.dist import DistError
+from kdistill.experiment.run import run_experiment
+from kdistill.experiment.sweep import run_sweep
+from kdistill.export import DEFAULT_FORMATS, export_run
 from kdistill.io import CheckpointError
-from kdistill.views import CacheError
+from kdistill.models import build_model
+from kdistill.report.figures import plot_decision_regions
+from kdistill.report.html import build_report
+from kdistill.report.summary import summary_markdown
+from kdistill.report.sweep import sweep_markdown
+from kdistill.taps import format_layer_table, layer_table
+from kdistill.toy import run_toy
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from kdistill import dist
-    from kdistill.pipeline import run_experiment
-    from kdistill.report import summary_markdown
-
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     cfg = load_config(args.config, overrides)
     try:
@@ -36,8 +45,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from kdistill.sweep import run_sweep, sweep_markdown
-
     roles = [r.strip() for r in args.roles.split(",") if r.strip()] if args.roles else None
     sweep = run_sweep(args.config, args.overrides, smoke=args.smoke, roles=roles)
     print(sweep_markdown(sweep).split("\nReproduce:")[0])
@@ -59,11 +66,6 @@ def _parse_input_shape(text: str) -> tuple[int, ...]:
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    import yaml
-
-    from kdistill.models import build_model
-    from kdistill.taps import format_layer_table, layer_table
-
     shape = _parse_input_shape(args.input_shape)
     kwargs = {}
     if args.kwargs:
@@ -82,18 +84,17 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from kdistill.page import build_report
-
     run_dir = Path(args.run_dir)
     if not (run_dir / "summary.json").is_file():
         raise ValueError(f"{run_dir} is not a kdistill run directory (no summary.json); give runs/<name>")
-    print(build_report(run_dir, toy=args.toy))
+    if args.toy:  # a small experiment of its own (seconds), drawn beside the run's figures
+        res = run_toy("spirals")
+        plot_decision_regions(res["models"], res["train"], run_dir / "toy.png", test=res["test"])
+    print(build_report(run_dir))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from kdistill.export import DEFAULT_FORMATS, export_run
-
     res = export_run(
         args.run_dir, args.format or DEFAULT_FORMATS, args.out, args.role, args.seed, check_images=args.check_images
     )
@@ -101,20 +102,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation toolkit")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", allow_abbrev=False, help="train/load the teacher, then scratch, KD and label-smoothing students"
     )
     p.add_argument("config", help="YAML experiment config, e.g. configs/fashion_mnist/hinton.yaml")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. kd.T=8 seeds=[0,1]")
     p.add_argument("--smoke", action="store_true", help="a few hundred samples, one epoch: checks a config in seconds")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run of the same config from its last checkpoints")  # fmt: skip
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                   help="where to train (default: the config's device, auto = CUDA when available)")  # fmt: skip
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run of the same config from its last checkpoints"
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="where to train (default: the config's device, auto = CUDA when available)",
+    )
     p.set_defaults(func=_cmd_run)
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep", allow_abbrev=False, help="grid search: key=v1,v2,... axes; the winner is chosen on validation accuracy"
     )
@@ -127,10 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--smoke", action="store_true", help="a few hundred samples, one epoch per point")
     p.add_argument(
-        "--roles", default=None, help="comma-separated roles trained at every point (default kd); the config's "
-        "other roles are trained once as references",
-    )  # fmt: skip
+        "--roles",
+        default=None,
+        help="comma-separated roles trained at every point (default kd); the config's other roles are trained once "
+        "as references",
+    )
     p.set_defaults(func=_cmd_sweep)
+
+
+def _add_layers_and_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "layers", allow_abbrev=False, help="list a model's layers: dotted name, type, output shape, parameters"
     )
@@ -139,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--kwargs", default=None, help="model kwargs as JSON or YAML, e.g. '{\"hidden\": [300]}'")
     p.set_defaults(func=_cmd_layers)
-    # parse_known_args: `run CONFIG --smoke kd.T=8` puts the overrides after an option, which a plain
-    # nargs="*" positional would reject; they are collected here instead.
     p = sub.add_parser("report", allow_abbrev=False, help="(re)build RUN_DIR/report.html from the run's files")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/fashion_mnist_hinton")
     p.add_argument("--toy", action="store_true", help="also train the 2-D toy problem and draw its decision regions")
     p.set_defaults(func=_cmd_report)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", allow_abbrev=False, help="write the run's student as ONNX / safetensors, checked against PyTorch"
     )
@@ -161,9 +174,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR/export), replaced as a whole")
     p.add_argument("--check-images", type=int, default=1000, help="test images the exported files are checked on")
     p.set_defaults(func=_cmd_export)
-    args, rest = parser.parse_known_args(argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    out = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation toolkit")
+    sub = out.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_sweep, _add_layers_and_report, _add_export):
+        add(sub)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    # parse_known_args: `run CONFIG --smoke kd.T=8` puts the overrides after an option, which a plain
+    # nargs="*" positional would reject; they are collected here instead.
+    args, rest = p.parse_known_args(argv)
     if rest and (args.command not in ("run", "sweep") or any(r.startswith("-") for r in rest)):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
     # The console script, unlike `python -m kdistill`, does not put the current directory on sys.path;

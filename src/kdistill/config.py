@@ -11,36 +11,42 @@ import difflib
 import hashlib
 import json
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from kdistill.data import SOURCES
+from kdistill.terms import TermError, check_options, layer_pairs
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and how to fix it."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every config section (roles' own sections too): unknown keys are errors."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     """A built-in (``mlp``, ``cnn``) or a user factory ``package.module:factory``, with its kwargs."""
 
     arch: str = "mlp"
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictModel):
     """Random augmentation on batched tensors. Off by default: Fashion-MNIST needs none to train."""
 
     shift: int = Field(0, ge=0, description="random translation by up to this many pixels")
     flip: bool = False
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     epochs: int = Field(10, ge=1)
     steps: int | None = Field(
         None,
@@ -61,8 +67,8 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(1000, ge=1)
 
 
-class DataConfig(_Strict):
-    name: Literal["fashion_mnist", "digits", "synthetic"] = "fashion_mnist"
+class DataConfig(StrictModel):
+    name: str = Field("fashion_mnist", description="a data source of kdistill.data.SOURCES")
     root: str | None = Field(None, description="directory with the dataset files (searched first)")
     download: bool = True
     val_size: int = Field(5000, ge=1)
@@ -70,8 +76,15 @@ class DataConfig(_Strict):
     split_seed: int = 0
     synthetic: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v not in SOURCES:
+            raise ValueError(f"unknown data source {v!r}; choose {', '.join(SOURCES)}")
+        return v
 
-class TeacherConfig(_Strict):
+
+class TeacherConfig(StrictModel):
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(arch="cnn"))
     checkpoint: str | None = Field(
         None, description="load these weights instead of training; null trains (or reuses) one"
@@ -79,12 +92,12 @@ class TeacherConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-class StudentConfig(_Strict):
+class StudentConfig(StrictModel):
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(arch="mlp", kwargs={"hidden": [300]}))
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-class CacheConfig(_Strict):
+class CacheConfig(StrictModel):
     """Where the kd student's teacher outputs come from.
 
     ``auto`` computes them once: per sample without augmentation; with augmentation, for ``views`` fixed
@@ -101,7 +114,7 @@ class CacheConfig(_Strict):
     dir: str | None = Field(None, description="where view caches live; null = <output_dir>/_teacher_cache")
 
 
-class KDConfig(_Strict):
+class KDConfig(StrictModel):
     T: float = Field(4.0, gt=0, description="softmax temperature of the soft targets")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft-target term")
     transfer: Literal["labelled", "all"] = Field(
@@ -125,11 +138,7 @@ class KDConfig(_Strict):
     )
 
 
-class LabelSmoothingConfig(_Strict):
-    smoothing: float = Field(0.1, ge=0, lt=1)
-
-
-class TermConfig(_Strict):
+class TermConfig(StrictModel):
     """One extra distillation term of the ``kd`` student (feature, relation, contrastive, DKD, DIST).
 
     ``layers`` is a list of ``[student_layer, teacher_layer]`` pairs (dotted module names, ``logits`` for
@@ -148,8 +157,6 @@ class TermConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_method(self) -> TermConfig:
-        from kdistill.terms import TermError, check_options, layer_pairs
-
         try:
             check_options(self.method, self.options)
             layer_pairs(self.method, self.layers)
@@ -158,95 +165,14 @@ class TermConfig(_Strict):
         return self
 
 
-class DMLConfig(_Strict):
-    """Role ``dml``: deep mutual learning (Zhang et al. 2018). A cohort of peers trained together from
-    scratch with ``student.train``'s recipe, one forward per peer per step; each peer's loss is
-    ``(1 - alpha) CE + alpha T^2 KL(peer_j || peer_i)`` averaged over the other peers ``j``, whose soft
-    targets are detached (no gradient flows from one peer's loss into another peer)."""
-
-    peers: list[ModelSpec] | None = Field(
-        None, description="the cohort: >= 2 model specs, any architectures; null = two copies of student.model"
-    )
-    T: float | None = Field(None, gt=0, description="temperature of the peers' soft targets; null = kd.T")
-    alpha: float | None = Field(None, ge=0, le=1, description="weight of the soft-target term; null = kd.alpha")
-
-    @field_validator("peers")
-    @classmethod
-    def _cohort(cls, v: list[ModelSpec] | None) -> list[ModelSpec] | None:
-        if v is not None and len(v) < 2:
-            raise ValueError(
-                f"a cohort needs at least 2 peers, got {len(v)}; add a peer (e.g. a copy of student.model), "
-                "or train one model alone with role scratch"
-            )
-        return v
+DEFAULT_ROLES = ["scratch", "kd", "label_smoothing"]
 
 
-class BornAgainConfig(_Strict):
-    """Role ``born_again``: born-again networks (Furlanello et al. 2018). Generation 0 has the student's
-    architecture; generation ``k + 1`` (same architecture, new initialisation) is distilled from generation
-    ``k``, frozen and loaded from its saved weights. Reported: every generation and their ensemble."""
+class ExperimentConfig(StrictModel):
+    """The settings every run shares. The roles' own sections (``dml:``, ``born_again:``, ...) are added
+    by :func:`declare_role`; :func:`config_schema` is this class with them, and what :func:`load_config`
+    validates against."""
 
-    generations: int = Field(3, ge=1, description="born-again generations after generation 0")
-    start: Literal["labels", "teacher"] = Field(
-        "labels",
-        description="generation 0: trained on the labels (as in Furlanello et al.) or distilled from the teacher",
-    )
-    T: float | None = Field(None, gt=0, description="null = kd.T")
-    alpha: float | None = Field(None, ge=0, le=1, description="null = kd.alpha")
-
-
-class MultiTeacherConfig(_Strict):
-    """Role ``multi_teacher``: a student distilled from the weighted mean of several teachers' soft targets
-    (at T), with the same KD loss as the ``kd`` role."""
-
-    teachers: list[TeacherConfig] = Field(
-        description="teachers besides the run's own (teacher:), each loaded from its checkpoint or trained "
-        "(and cached for reuse) by the pipeline"
-    )
-    include_main: bool = Field(True, description="the run's teacher (teacher:) is one of them, the first")
-    weights: list[float] | None = Field(
-        None, description="one weight >= 0 per teacher (the run's first when included), normalised; null = equal"
-    )
-    T: float | None = Field(None, gt=0, description="null = kd.T")
-    alpha: float | None = Field(None, ge=0, le=1, description="null = kd.alpha")
-
-    @model_validator(mode="after")
-    def _enough_teachers(self) -> MultiTeacherConfig:
-        n = len(self.teachers) + self.include_main
-        if n < 2:
-            raise ValueError(
-                f"multi_teacher needs at least 2 teachers, got {n} (include_main={self.include_main}, "
-                f"{len(self.teachers)} listed); list more teachers or use role kd for one"
-            )
-        if self.weights is not None:
-            if len(self.weights) != n:
-                order = ("the run's teacher, then " if self.include_main else "") + "multi_teacher.teachers"
-                raise ValueError(
-                    f"weights has {len(self.weights)} entries but there are {n} teachers ({order}); "
-                    "give one weight per teacher"
-                )
-            if any(not (w >= 0) for w in self.weights) or sum(self.weights) <= 0:
-                raise ValueError(f"weights must be >= 0 with a positive sum, got {self.weights}")
-        return self
-
-
-class TAChainConfig(_Strict):
-    """Role ``ta_chain``: teacher-assistant distillation (Mirzadeh et al. 2020). The chain is the run's
-    teacher, then ``assistants`` in order, then the student; each stage is distilled (KD at T, alpha) from
-    the previous stage, frozen and loaded from its saved weights."""
-
-    assistants: list[ModelSpec] = Field(
-        min_length=1, description="model specs between teacher and student, from the largest to the smallest"
-    )
-    train: TrainConfig | None = Field(None, description="the assistants' recipe; null = student.train")
-    T: float | None = Field(None, gt=0, description="null = kd.T")
-    alpha: float | None = Field(None, ge=0, le=1, description="null = kd.alpha")
-
-
-Role = Literal["scratch", "kd", "label_smoothing", "dml", "born_again", "multi_teacher", "ta_chain"]
-
-
-class ExperimentConfig(_Strict):
     name: str = "experiment"
     description: str = ""
     seeds: list[int] = Field(default_factory=lambda: [0])
@@ -258,24 +184,17 @@ class ExperimentConfig(_Strict):
     teacher_cache_dir: str | None = Field(
         None, description="where trained teachers are kept for reuse; null = <output_dir>/_teachers"
     )
-    roles: list[Role] = Field(
-        default_factory=lambda: ["scratch", "kd", "label_smoothing"],
-        description="students to train; [] trains (or loads) the teacher only",
+    roles: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ROLES),
+        description="students to train (see `kdistill.experiment.roles`); [] trains (or loads) the teacher only",
     )
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     kd: KDConfig = Field(default_factory=KDConfig)
-    label_smoothing: LabelSmoothingConfig = Field(default_factory=LabelSmoothingConfig)
     terms: list[TermConfig] = Field(
         default_factory=list, description="extra terms of the kd student's loss, added to kd (T, alpha)"
     )
-    # Sections of the roles dml, born_again, multi_teacher, ta_chain (kdistill.modes). null = not given:
-    # dml and born_again then use their defaults, multi_teacher and ta_chain must be given.
-    dml: DMLConfig | None = None
-    born_again: BornAgainConfig | None = None
-    multi_teacher: MultiTeacherConfig | None = None
-    ta_chain: TAChainConfig | None = None
 
     @field_validator("seeds")
     @classmethod
@@ -293,6 +212,16 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"name {v!r} must be a plain directory name (no '/', not starting with '.')")
         return v
 
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, v: list[str]) -> list[str]:
+        for role in v:
+            if role not in _ROLES:
+                close = difflib.get_close_matches(role, list(_ROLES), n=1, cutoff=0.5)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown role {role!r}{hint} (roles: {', '.join(_ROLES)})")
+        return v
+
     @model_validator(mode="after")
     def _transfer_needs_labelled(self) -> ExperimentConfig:
         if self.kd.transfer == "all" and self.data.labelled is None:
@@ -303,24 +232,33 @@ class ExperimentConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _mode_sections(self) -> ExperimentConfig:
-        examples = {
-            "multi_teacher": "multi_teacher: {teachers: [{model: {arch: cnn}, checkpoint: path/to/weights.pt}]}",
-            "ta_chain": "ta_chain: {assistants: [{arch: cnn, kwargs: {channels: [24, 48, 96]}}]}",
-        }
-        for role, example in examples.items():
-            if role in self.roles and getattr(self, role) is None:
-                raise ValueError(f"role {role} needs a `{role}` section, e.g. {example}")
+    def _required_sections(self) -> ExperimentConfig:
+        for role in self.roles:
+            decl = _ROLES[role]
+            if decl.example is not None and self.section(role) is None:
+                raise ValueError(f"role {role} needs a `{role}` section, e.g. {decl.example}")
         return self
 
+    def section(self, role: str) -> Any:
+        """The config section of ``role`` (``cfg.section("dml")``), or None when it has none or none is given."""
+        return getattr(self, role, None) if role in _ROLES else None
+
     def train_configs(self) -> list[TrainConfig]:
-        """Every training recipe in the config (a smoke run shortens them all)."""
-        out = [self.teacher.train, self.student.train]
-        if self.multi_teacher is not None:
-            out += [t.train for t in self.multi_teacher.teachers]
-        if self.ta_chain is not None and self.ta_chain.train is not None:
-            out.append(self.ta_chain.train)
-        return out
+        """Every training recipe in the config, role sections included (a smoke run shortens them all)."""
+        found: list[TrainConfig] = []
+
+        def walk(node: Any) -> None:
+            if isinstance(node, TrainConfig):
+                found.append(node)
+            elif isinstance(node, BaseModel):
+                for name in type(node).model_fields:
+                    walk(getattr(node, name))
+            elif isinstance(node, (list, tuple)):
+                for item in node:
+                    walk(item)
+
+        walk(self)
+        return found
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -333,6 +271,67 @@ class ExperimentConfig(_Strict):
         d.pop("labelled", None)  # the teacher always trains on every training label
         payload = {"model": self.teacher.model.model_dump(), "train": self.teacher.train.model_dump(), "data": d}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- roles and their sections
+
+
+@dataclass(frozen=True)
+class RoleDecl:
+    """What the config knows of a role: its name and its section's model (None: it has no section)."""
+
+    name: str
+    section: type[BaseModel] | None = None
+    default: bool = False  # the section is filled with its defaults when absent (else it stays None)
+    example: str | None = None  # a required section: what the error shows when it is missing
+
+
+_ROLES: dict[str, RoleDecl] = {}
+_schema: type[ExperimentConfig] | None = None
+
+
+def declare_role(
+    name: str, section: type[BaseModel] | None = None, *, default: bool = False, example: str | None = None
+) -> None:
+    """Make ``roles: [name]`` valid and add the top-level section ``name:`` validated by ``section``.
+
+    Called by :func:`kdistill.experiment.roles.register_role`: a role's section lives in the role's own
+    file. ``example`` marks the section as required by the role and is shown when it is missing.
+    """
+    global _schema
+    if section is not None and name in ExperimentConfig.model_fields:
+        raise ValueError(f"role {name!r}: its section would hide the config key {name!r}")
+    _ROLES[name] = RoleDecl(name, section, default, example)
+    _schema = None  # rebuilt with the new section on next use
+
+
+def forget_role(name: str) -> None:
+    """Undo :func:`declare_role` (tests that register a role of their own)."""
+    global _schema
+    _ROLES.pop(name, None)
+    _schema = None
+
+
+def role_names() -> list[str]:
+    """Every declared role, in declaration order."""
+    return list(_ROLES)
+
+
+def config_schema() -> type[ExperimentConfig]:
+    """:class:`ExperimentConfig` with one field per declared role section, ``None`` (or the section's
+    defaults) when absent. Built with pydantic's ``create_model``, so its errors name keys as any other."""
+    global _schema
+    if _schema is None:
+        fields: dict[str, Any] = {}
+        for d in _ROLES.values():
+            if d.section is None:
+                continue
+            if d.default:
+                fields[d.name] = (d.section, Field(default_factory=d.section))
+            else:
+                fields[d.name] = (d.section | None, None)
+        _schema = create_model("ExperimentConfig", __base__=ExperimentConfig, **fields)
+    return _schema
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -388,7 +387,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc) or "<root>"
         if e["type"] == "extra_forbidden":
-            valid = _fields_at(ExperimentConfig, loc)
+            valid = _fields_at(config_schema(), loc)
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
             hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
             lines.append(f"  {key}: unknown key{hint} (valid here: {', '.join(valid)})")
@@ -400,6 +399,13 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+def yaml_text(value: Any) -> str:
+    """A value as YAML text that parses back to the same value (``'1'`` stays a string)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+    lines = [ln for ln in text.splitlines() if ln != "..."]
+    return "\n".join(lines).strip()
 
 
 def split_assignment(
@@ -481,6 +487,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = apply_overrides(raw, overrides)
         source += " + overrides " + " ".join(overrides)
     try:
-        return ExperimentConfig.model_validate(raw)
+        return config_schema().model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdistill.models import count_params
+from kdistill.models import count_params, module_device
 
 DEFAULT_BATCH_SIZES = (1, 64)
 
@@ -37,7 +37,7 @@ def flops_per_sample(model: nn.Module, input_shape: Sequence[int]) -> int:
     was_training = model.training
     model.eval()
     try:
-        x = torch.zeros(1, *input_shape, device=_device(model))
+        x = torch.zeros(1, *input_shape, device=module_device(model))
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
         return int(counter.get_total_flops())
@@ -127,7 +127,6 @@ def measure_many(
     inputs = {b: torch.randn(b, *input_shape, generator=gen) for b in batch_sizes}
     modes = {name: m.training for name, m in cpu.items()}
     old_threads = torch.get_num_threads()
-    samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in batch_sizes}
     calls: dict[tuple[str, int], int] = {}
     try:
         torch.set_num_threads(threads)
@@ -139,15 +138,7 @@ def measure_many(
                     for _ in range(warmup):
                         cpu[name](x)
                     calls[name, b] = _calls_per_timing(cpu[name], x, min_repeat_s)
-            for r in range(repeats):
-                order = names[r % len(names) :] + names[: r % len(names)]
-                for b, x in inputs.items():
-                    for name in order:
-                        n = calls[name, b]
-                        t0 = time.perf_counter()
-                        for _ in range(n):
-                            cpu[name](x)
-                        samples[name, b].append((time.perf_counter() - t0) / n * 1000.0)
+            samples = _timed_rounds(cpu, inputs, calls, repeats)
     finally:
         torch.set_num_threads(old_threads)
         for name, m in cpu.items():
@@ -157,6 +148,25 @@ def measure_many(
             figures[name][f"latency_ms_b{b}"] = statistics.median(samples[name, b])
         figures[name].update(threads=threads, repeats=repeats, warmup=warmup, batch_sizes=list(batch_sizes))
     return figures
+
+
+def _timed_rounds(
+    models: dict[str, nn.Module], inputs: dict[int, torch.Tensor], calls: dict[tuple[str, int], int], repeats: int
+) -> dict[tuple[str, int], list[float]]:
+    """``repeats`` rounds, each timing every (model, batch size) once, the model order rotating per round;
+    milliseconds per call."""
+    names = list(models)
+    samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in inputs}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for b, x in inputs.items():
+            for name in order:
+                n = calls[name, b]
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    models[name](x)
+                samples[name, b].append((time.perf_counter() - t0) / n * 1000.0)
+    return samples
 
 
 def _calls_per_timing(model: nn.Module, x: torch.Tensor, min_s: float) -> int:
@@ -172,16 +182,8 @@ def _calls_per_timing(model: nn.Module, x: torch.Tensor, min_s: float) -> int:
         n *= 10
 
 
-def _device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def _on_cpu(model: nn.Module) -> nn.Module:
-    return model if _device(model).type == "cpu" else copy.deepcopy(model).cpu()
+    return model if module_device(model).type == "cpu" else copy.deepcopy(model).cpu()
 
 
 def _ratio(r: float) -> str:

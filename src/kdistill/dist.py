@@ -102,8 +102,10 @@ def check_same(text: str, what: str) -> None:
     digests = gather_objects(hashlib.sha256(text.encode()).hexdigest()[:12])
     if len(set(digests)) > 1:
         per_rank = ", ".join(f"rank {r}: {d}" for r, d in enumerate(digests))
-        raise DistError(f"the ranks of this distributed run disagree on the {what} ({per_rank}); give every rank "
-                        "the same config file and overrides")  # fmt: skip
+        raise DistError(
+            f"the ranks of this distributed run disagree on the {what} ({per_rank}); give every rank "
+            "the same config file and overrides"
+        )
 
 
 def sync_buffers(module: torch.nn.Module) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -33,13 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
-from kdistill.io import CheckpointError, safe_load
-from kdistill.models import build_model, count_params, load_state_strict
+from kdistill.data import load_data
+from kdistill.io import CheckpointError, replace_dir, safe_load
+from kdistill.metrics import percent
+from kdistill.models import build_model, count_params, load_model_file
 
 EXPORT_FORMAT = "kdistill-export/1"
-MODEL_FORMAT = "kdistill-model/1"  # kdistill.pipeline.save_model's files
 FORMATS = ("onnx", "safetensors", "torchscript")
 DEFAULT_FORMATS = ("onnx", "safetensors")
 FILES = {"onnx": "student.onnx", "safetensors": "student.safetensors", "torchscript": "student.torchscript.pt"}
@@ -92,7 +93,8 @@ def _val(row: dict) -> float:
 
 
 def _model_dir(row: dict) -> str:
-    """A student's directory in its run: ``<role>-seed<k>``, or the row's ``dir`` (kdistill.modes)."""
+    """A student's directory in its run: ``<role>-seed<k>``, or the row's ``dir`` (every row since
+    kdistill.experiment.train writes one)."""
     return row.get("dir") or f"{row['role']}-seed{row['seed']}"
 
 
@@ -148,75 +150,26 @@ def export_run(
     row = choose_student(run_dir, role, seed)
     _need_packages(fmts)
     name = _model_dir(row)
-    weights = run_dir / name / "weights.pt"
-    model, saved = _load_student(weights)
-    shape, num_classes = tuple(saved["input_shape"]), int(saved["num_classes"])
-    x, inputs, labels = _check_inputs(run_dir, shape, check_images)
-    class_names = _class_names(run_dir, num_classes)
+    model, saved = _load_student(run_dir / name / "weights.pt")
+    x, inputs, labels = _check_inputs(run_dir, tuple(saved["input_shape"]), check_images)
     if verbose:
         _log(
-            f"{run_dir}: exporting {name} ({saved['spec']['arch']}, {count_params(model):,} params, "
-            f"val acc {_pct(row.get('val_acc'))}, test acc {_pct(row.get('test_acc'))}) as {', '.join(fmts)}"
+            f"{run_dir}: exporting {name} ({saved['spec']['arch']}, {count_params(model):,} params, val acc "
+            f"{percent(row.get('val_acc'), 'n/a')} %, test acc {percent(row.get('test_acc'), 'n/a')} %) as "
+            + ", ".join(fmts)
         )
-
+    manifest = _manifest(
+        run_dir, row, model, saved, fmts, chosen="role/seed given" if (role or seed is not None) else ""
+    )
     out = Path(out_dir) if out_dir is not None else run_dir / "export"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        with torch.inference_mode():
-            reference = model(x)
-        verify: dict[str, Any] = {
-            "inputs": inputs,
-            "n": int(x.shape[0]),
-            "tolerance": TOLERANCE,
-            "torch_acc": _acc(reference, labels),
-        }
-        manifest: dict[str, Any] = {
-            "format": EXPORT_FORMAT,
-            "spec": saved["spec"],
-            "input_shape": list(shape),
-            "num_classes": num_classes,
-            "class_names": class_names,
-            "input": {
-                "name": "input",
-                "shape": ["batch", *shape],
-                "dtype": "float32",
-                "preprocessing": "as kdistill.data.load_data returns images: pixel / 255, then standardized "
-                "with the mean and std of the training images",
-                "normalize": saved.get("normalize"),  # {scale, mean, std}: x = (pixel * scale - mean) / std
-            },
-            "output": {"name": "logits", "shape": ["batch", num_classes]},
-            "source": {
-                "run": str(run_dir.resolve()),
-                "role": row["role"],
-                "seed": row["seed"],
-                "weights": f"{name}/weights.pt",
-                "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-                "selected_by": "role/seed given" if (role or seed is not None) else "best val_acc among students",
-                "smoke": bool(_summary(run_dir).get("smoke", False)),  # smoke runs: tiny data, numbers meaningless
-            },
-            "metrics": {k: row.get(k) for k in ("test_acc", "val_acc", "test_errors", "test_nll")},
-            "params": count_params(model),
-            "files": {f: FILES[f] for f in fmts},
-            "torch": torch.__version__,
-        }
-        if "safetensors" in fmts:
-            verify["safetensors"] = _export_safetensors(model, tmp / FILES["safetensors"], manifest, x, reference)
-        if "onnx" in fmts:
-            manifest["onnx"] = {
-                "opset": ONNX_OPSET,
-                "exporter": ONNX_EXPORTER,
-                "dynamic_axes": {"input": {"0": "batch"}, "logits": {"0": "batch"}},
-            }
-            _export_onnx(model, x[:2], tmp / FILES["onnx"], name)
-            verify["onnx"] = _check_onnx(tmp / FILES["onnx"], x, reference, labels)
-        if "torchscript" in fmts:
-            verify["torchscript"] = _export_torchscript(model, x, tmp / FILES["torchscript"], reference, labels)
-        failed = [f for f in fmts if f in verify and not verify[f]["ok"]]
-        verify["ok"] = not failed
+        verify = _export_and_verify(model, fmts, tmp, manifest, x, inputs, labels, name)
         if verbose:
             for f in fmts:
                 _log(f"verify {f}: {_verify_line(verify[f], inputs)}")
+        failed = [f for f in fmts if not verify[f]["ok"]]
         if failed:
             raise ExportError(
                 f"exported {', '.join(failed)} of {run_dir}/{name} do not match PyTorch on {inputs}: "
@@ -225,13 +178,82 @@ def export_run(
             )
         (tmp / "student.json").write_text(json.dumps(manifest, indent=2) + "\n")
         (tmp / "verify.json").write_text(json.dumps(verify, indent=2) + "\n")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if verbose:
         _log(f"wrote {out}/: " + ", ".join(sorted(p.name for p in out.iterdir())))
     return {**manifest, "out_dir": str(out), "verify": verify}
+
+
+def _manifest(run_dir: Path, row: dict, model: nn.Module, saved: dict, fmts: list[str], chosen: str) -> dict:
+    """``student.json``: what the exported files hold, how to feed them, where they come from."""
+    shape, num_classes = list(saved["input_shape"]), int(saved["num_classes"])
+    name = _model_dir(row)
+    weights = run_dir / name / "weights.pt"
+    manifest: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "spec": saved["spec"],
+        "input_shape": shape,
+        "num_classes": num_classes,
+        "class_names": _class_names(run_dir, num_classes),
+        "input": {
+            "name": "input",
+            "shape": ["batch", *shape],
+            "dtype": "float32",
+            "preprocessing": "as kdistill.data.load_data returns images: pixel / 255, then standardized "
+            "with the mean and std of the training images",
+            "normalize": saved.get("normalize"),  # {scale, mean, std}: x = (pixel * scale - mean) / std
+        },
+        "output": {"name": "logits", "shape": ["batch", num_classes]},
+        "source": {
+            "run": str(run_dir.resolve()),
+            "role": row["role"],
+            "seed": row["seed"],
+            "weights": f"{name}/weights.pt",
+            "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "selected_by": chosen or "best val_acc among students",
+            "smoke": bool(_summary(run_dir).get("smoke", False)),  # smoke runs: tiny data, numbers meaningless
+        },
+        "metrics": {k: row.get(k) for k in ("test_acc", "val_acc", "test_errors", "test_nll")},
+        "params": count_params(model),
+        "files": {f: FILES[f] for f in fmts},
+        "torch": torch.__version__,
+    }
+    if "onnx" in fmts:
+        manifest["onnx"] = {
+            "opset": ONNX_OPSET,
+            "exporter": ONNX_EXPORTER,
+            "dynamic_axes": {"input": {"0": "batch"}, "logits": {"0": "batch"}},
+        }
+    return manifest
+
+
+def _export_and_verify(
+    model: nn.Module,
+    fmts: list[str],
+    tmp: Path,
+    manifest: dict,
+    x: torch.Tensor,
+    inputs: str,
+    labels: torch.Tensor | None,
+    name: str,
+) -> dict:
+    """Write each format into ``tmp`` and compare what it computes on ``x`` with PyTorch: ``verify.json``."""
+    with torch.inference_mode():
+        reference = model(x)
+    verify: dict[str, Any] = {"inputs": inputs, "n": int(x.shape[0]), "tolerance": TOLERANCE}
+    verify["torch_acc"] = _acc(reference, labels)
+    if "safetensors" in fmts:
+        verify["safetensors"] = _export_safetensors(model, tmp / FILES["safetensors"], manifest, x, reference)
+    if "onnx" in fmts:
+        _export_onnx(model, x[:2], tmp / FILES["onnx"], name)
+        verify["onnx"] = _check_onnx(tmp / FILES["onnx"], x, reference, labels)
+    if "torchscript" in fmts:
+        verify["torchscript"] = _export_torchscript(model, x, tmp / FILES["torchscript"], reference, labels)
+    verify["ok"] = all(verify[f]["ok"] for f in fmts)
+    return verify
 
 
 def _formats(formats: Iterable[str] | str) -> list[str]:
@@ -273,14 +295,11 @@ def _need_packages(fmts: list[str]) -> None:
 
 
 def _load_student(path: Path) -> tuple[nn.Module, dict]:
-    """Rebuild the student from its ``weights.pt`` (read with weights_only=True, via safe_load)."""
-    obj = safe_load(path)
-    if not (isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT):
-        raise CheckpointError(f"{path} is not a kdistill model file (format {MODEL_FORMAT}); cannot export it")
-    spec = obj["spec"]
-    model = build_model(spec["arch"], obj["input_shape"], obj["num_classes"], spec.get("kwargs"))
-    load_state_strict(model, obj["state_dict"], str(path))
-    return model.eval(), obj
+    """Rebuild the student from its ``weights.pt`` (read with weights_only=True)."""
+    try:
+        return load_model_file(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; cannot export it") from None
 
 
 def _check_inputs(run_dir: Path, shape: tuple[int, ...], n: int) -> tuple[torch.Tensor, str, torch.Tensor | None]:
@@ -299,10 +318,6 @@ def _check_inputs(run_dir: Path, shape: tuple[int, ...], n: int) -> tuple[torch.
 
 
 def _test_images(run_dir: Path, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    import yaml
-
-    from kdistill.data import load_data
-
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
@@ -353,13 +368,6 @@ def _verify_line(v: dict, inputs: str) -> str:
     if v.get("acc") is not None:
         text += f", acc {100 * v['acc']:.2f} %"
     return text
-
-
-def _pct(x: Any) -> str:
-    try:
-        return f"{100 * float(x):.2f} %"
-    except (TypeError, ValueError):
-        return "n/a"
 
 
 def _export_safetensors(model: nn.Module, path: Path, manifest: dict, x: torch.Tensor, reference: torch.Tensor) -> dict:
@@ -448,33 +456,6 @@ def _export_torchscript(
     with torch.inference_mode():
         out = loaded(x)
     return _compare(out, reference, labels)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Put ``tmp`` where ``out`` is, replacing an earlier ``out`` only once the new one is in place."""
-    mask = _umask()
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700 (and safetensors 0600): give ordinary permissions
-    for f in tmp.iterdir():
-        os.chmod(f, 0o666 & ~mask)
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-        os.replace(out, old / out.name)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old / out.name, out)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ----------------------------------------------------------------------------- loading an export

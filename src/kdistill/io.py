@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any, BinaryIO
 import torch
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (read without changing it for longer than two calls)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -27,7 +29,7 @@ def _atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
+    os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600; give the file ordinary permissions
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -50,6 +52,33 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _atomic(Path(path), lambda f: f.write(data))
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy a file so that ``dst`` is either the old file or the complete new one."""
+    _atomic(Path(dst), lambda f: f.write(Path(src).read_bytes()))
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished directory ``tmp`` where ``out`` is, replacing an earlier ``out`` only once the new one
+    is in place (an interruption leaves the old one or the new one, never a mixture or nothing)."""
+    mask = umask()
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700 (and safetensors 0600): give ordinary permissions
+    for f in tmp.iterdir():
+        os.chmod(f, 0o666 & ~mask)
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        os.replace(out, old / out.name)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old / out.name, out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 class CheckpointError(RuntimeError):

@@ -9,11 +9,17 @@ code shape they belong to.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from kdistill.io import CheckpointError, atomic_save, safe_load
+
+MODEL_FORMAT = "kdistill-model/1"  # a weights file that also holds the spec that rebuilds the model
 
 
 class MLP(nn.Module):
@@ -161,8 +167,6 @@ def build_model(
         except TypeError as e:
             raise ValueError(f"model arch {arch!r}: bad keyword arguments {kwargs}: {e}") from e
     factory = _import_factory(arch)
-    import inspect
-
     try:
         params = inspect.signature(factory).parameters
         if "num_classes" in params and "num_classes" not in kwargs:
@@ -173,6 +177,15 @@ def build_model(
     if not isinstance(model, nn.Module):
         raise ValueError(f"model arch {arch!r} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """Where a module's first parameter (or buffer) lives; the CPU for a module without either."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -200,3 +213,64 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
         lines.append("  check that the config's model spec matches the architecture the checkpoint was trained with")
         raise ValueError("\n".join(lines))
     model.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- model files
+
+
+def save_model_file(
+    model: nn.Module,
+    spec: dict[str, Any],
+    input_shape: Sequence[int],
+    num_classes: int,
+    path: str | Path,
+    normalize: dict | None = None,
+    **meta: Any,
+) -> None:
+    """Weights plus the spec that rebuilds the model (and the input normalization it expects): a file
+    that is loadable on its own, written atomically. ``meta``: plain data kept beside (role, epoch, ...)."""
+    atomic_save(
+        {
+            "format": MODEL_FORMAT,
+            "spec": spec,
+            "input_shape": list(input_shape),
+            "num_classes": num_classes,
+            "normalize": normalize,
+            "state_dict": model.state_dict(),
+            "meta": meta,
+        },
+        path,
+    )
+
+
+def read_model_file(path: str | Path) -> dict:
+    """The content of a kdistill model file (weights-only loading); a CheckpointError for anything else."""
+    obj = safe_load(path)
+    if not (isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT):
+        raise CheckpointError(f"{path} is not a kdistill model file (format {MODEL_FORMAT})")
+    return obj
+
+
+def load_model_file(path: str | Path) -> tuple[nn.Module, dict]:
+    """The model of a kdistill model file, rebuilt from its spec with its weights, in eval mode, and the file's
+    content."""
+    obj = read_model_file(path)
+    spec = obj["spec"]
+    model = build_model(spec["arch"], obj["input_shape"], obj["num_classes"], spec.get("kwargs"))
+    load_state_strict(model, obj["state_dict"], str(path))
+    return model.eval(), obj
+
+
+def load_weights_into(model: nn.Module, path: str | Path) -> dict:
+    """Load a kdistill model file or a bare ``state_dict`` into ``model``; returns the file's meta."""
+    obj = safe_load(path)
+    if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT:
+        load_state_strict(model, obj["state_dict"], str(path))
+        return dict(obj.get("meta", {}))
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        load_state_strict(model, obj["state_dict"], str(path))
+        return {}
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        load_state_strict(model, obj, str(path))
+        return {}
+    raise CheckpointError(f"{path}: neither a kdistill model file nor a state_dict")

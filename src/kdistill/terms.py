@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdistill.adapters import AdapterError, Pool, Pooled, make_adapter, pooled_shape
+from kdistill.data import Batch, Split
 from kdistill.losses import (
     ContrastMemory,
     attention_transfer_loss,
@@ -34,9 +35,9 @@ from kdistill.losses import (
     rkd_distance_loss,
     similarity_preserving_loss,
 )
+from kdistill.taps import LayerError, probe_shapes
 
 LOGITS = "logits"
-Batch = dict[str, torch.Tensor]
 
 
 class TermError(ValueError):
@@ -101,8 +102,8 @@ def register(name: str) -> Callable[[type[Term]], type[Term]]:
 
 
 def _need_map(ctx: TermContext, method: str) -> None:
-    for who, layer, shape in (("student", ctx.student_layer, ctx.student_shape),
-                              ("teacher", ctx.teacher_layer, ctx.teacher_shape)):  # fmt: skip
+    pairs = (("student", ctx.student_layer, ctx.student_shape), ("teacher", ctx.teacher_layer, ctx.teacher_shape))
+    for who, layer, shape in pairs:
         if len(shape) != 3:
             raise AdapterError(
                 f"{method} compares feature maps (channels, height, width), but the {who} layer {layer!r} gives "
@@ -332,3 +333,67 @@ def build_term(
     term = get_method(method)(ctx, **options)
     term.weight, term.warmup_epochs = float(weight), float(warmup_epochs)
     return term
+
+
+class TermSpec(Protocol):
+    """One configured term (``kdistill.config.TermConfig`` is one)."""
+
+    method: str
+    weight: float
+    warmup_epochs: float
+    layers: list[tuple[str, str]] | None
+    pool: Pool
+    options: dict[str, Any]
+
+
+def teacher_layers(specs: Sequence[TermSpec]) -> list[str]:
+    """Teacher layers that the active terms read (a teacher cache keeps them beside the logits)."""
+    names = {t for spec in specs if spec.weight > 0 for _, t in layer_pairs(spec.method, spec.layers)}
+    return sorted(names - {LOGITS})
+
+
+def build_terms(
+    specs: Sequence[TermSpec],
+    student: nn.Module,
+    teacher: nn.Module,
+    input_shape: Sequence[int],
+    num_classes: int,
+    transfer: Split,
+    T: float,
+) -> list[Term]:
+    """The terms of ``specs`` for this student and teacher, sized by one probe forward of each model.
+
+    Every problem (unknown layer, shapes no adapter can match, a method that needs what the data lacks)
+    is a :class:`TermError` naming ``terms[i]``, raised before any training. Terms of weight 0 are not
+    built. ``transfer`` is the set the student distills on (labels and sample indices).
+    """
+    terms: list[Term] = []
+    n_data = int(transfer.index.max()) + 1
+    unlabelled = int((transfer.y < 0).sum())
+    for i, spec in enumerate(specs):
+        if spec.weight == 0:
+            continue  # switched off: not built, not computed
+        where = f"terms[{i}] ({spec.method})"
+        if get_method(spec.method).needs_labels and unlabelled:
+            raise TermError(
+                f"{where} reads every sample's label, but the KD transfer set has {unlabelled} unlabelled images "
+                "(kd.transfer=all); use kd.transfer=labelled or a method that needs no labels"
+            )
+        pairs = layer_pairs(spec.method, spec.layers)
+        try:
+            s_shapes = _shapes(student, [s for s, _ in pairs], input_shape, num_classes)
+            t_shapes = _shapes(teacher, [t for _, t in pairs], input_shape, num_classes)
+            for s_layer, t_layer in pairs:
+                ctx = TermContext(
+                    s_layer, t_layer, s_shapes[s_layer], t_shapes[t_layer], num_classes, n_data, T, spec.pool
+                )
+                terms.append(build_term(spec.method, ctx, spec.options, spec.weight, spec.warmup_epochs))
+        except (LayerError, AdapterError, TermError) as e:
+            raise TermError(f"{where}: {e}") from None
+    return terms
+
+
+def _shapes(model: nn.Module, layers: list[str], input_shape: Sequence[int], num_classes: int) -> dict[str, tuple]:
+    names = sorted({n for n in layers if n != LOGITS})
+    shapes = probe_shapes(model, names, input_shape) if names else {}
+    return {**shapes, LOGITS: (num_classes,)}

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,6 @@ from kdistill.data import Split
 from kdistill.distiller import Distiller, FrozenTeacher, Supervised
 from kdistill.models import MLP, count_params
 from kdistill.trainer import evaluate, fit, predict
-from kdistill.why import new_figure, save_figure
 
 TOY_KINDS = ("moons", "spirals")
 
@@ -184,8 +182,15 @@ def run_toy(
 
     torch.manual_seed(seed)
     teacher = MLP(2, k, hidden=teacher_hidden)
-    fit(Supervised(teacher), train, val, cfg.model_copy(update={"steps": teacher_steps}),
-        seed=seed, verbose=False, progress=False)  # fmt: skip
+    fit(
+        Supervised(teacher),
+        train,
+        val,
+        cfg.model_copy(update={"steps": teacher_steps}),
+        seed=seed,
+        verbose=False,
+        progress=False,
+    )
 
     torch.manual_seed(seed + 1)
     scratch = MLP(2, k, hidden=student_hidden)
@@ -193,86 +198,31 @@ def run_toy(
     kd.load_state_dict(scratch.state_dict())  # same start: only the objective differs
     student_cfg = cfg.model_copy(update={"steps": student_steps})
     fit(Supervised(scratch), train, val, student_cfg, seed=seed + 1, verbose=False, progress=False)
-    fit(Distiller(kd, FrozenTeacher(teacher), T=T, alpha=alpha), transfer, val, student_cfg,
-        seed=seed + 1, verbose=False, progress=False)  # fmt: skip
+    fit(
+        Distiller(kd, FrozenTeacher(teacher), T=T, alpha=alpha),
+        transfer,
+        val,
+        student_cfg,
+        seed=seed + 1,
+        verbose=False,
+        progress=False,
+    )
     seconds = time.perf_counter() - t0
-
     models: dict[str, nn.Module] = {"teacher": teacher, "scratch": scratch, "kd": kd}
+    splits = {"kind": kind, "train": train, "val": val, "test": test, "transfer": transfer}
+    return {**splits, "models": models, **_agreement(models, train, test, resolution), "seconds": seconds}
+
+
+def _agreement(models: dict[str, nn.Module], train: Split, test: Split, resolution: int) -> dict[str, Any]:
+    """Test accuracy of each model and how often each student predicts the teacher's class, on a grid over
+    the training points and on the test points."""
     xx, yy = toy_grid(train.x, resolution)
     grid = {name: grid_predictions(m, xx, yy) for name, m in models.items()}
     test_pred = {name: predict(m, test).argmax(dim=1) for name, m in models.items()}
     students = ("scratch", "kd")
     return {
-        "kind": kind,
-        "train": train,
-        "val": val,
-        "test": test,
-        "transfer": transfer,
-        "models": models,
         "test_acc": {name: evaluate(m, test).acc for name, m in models.items()},
         "agreement": {s: float((grid[s] == grid["teacher"]).double().mean()) for s in students},
         "test_agreement": {s: float((test_pred[s] == test_pred["teacher"]).double().mean()) for s in students},
         "params": {name: count_params(m) for name, m in models.items()},
-        "seconds": seconds,
     }
-
-
-# ----------------------------------------------------------------------------- plot
-
-
-def plot_decision_regions(
-    models: Mapping[str, nn.Module],
-    train: Split,
-    path: str | Path,
-    resolution: int = 200,
-    test: Split | None = None,
-    reference: str | None = "teacher",
-) -> Path:
-    """Decision regions of each model side by side, training points on top.
-
-    Titles give the test accuracy when ``test`` is given (the training accuracy otherwise, and say so),
-    and, for every model but ``reference``, the share of the plane where it agrees with ``reference``.
-    """
-    if not models:
-        raise ValueError("models is empty; give {name: model} for at least one model")
-    if train.x.dim() != 2 or train.x.shape[1] != 2:
-        raise ValueError(f"decision regions need 2-D inputs, got x of shape {tuple(train.x.shape)}")
-    import matplotlib
-    from matplotlib.colors import ListedColormap
-
-    xx, yy = toy_grid(train.x, resolution)
-    preds = {name: grid_predictions(m, xx, yy) for name, m in models.items()}
-    has_label = train.y >= 0
-    k = max([int(train.y.max()) + 1] + [int(p.max()) + 1 for p in preds.values()])
-    palette = matplotlib.colormaps["tab10"](np.arange(max(k, 2)) % 10)
-    light = ListedColormap(0.55 + 0.45 * palette[:, :3])  # pale class colours for the regions
-    # Unlabelled rows (-1) have no true class to score against or to colour by.
-    eval_split, which = (
-        (test, "test") if test is not None else (train.take(torch.nonzero(has_label).flatten()), "train")
-    )
-    fig = new_figure((4.2 * len(models), 4.4))
-    axes = np.atleast_1d(fig.subplots(1, len(models), sharex=True, sharey=True))
-    gx, gy = xx.numpy(), yy.numpy()
-    for ax, (name, model) in zip(axes, models.items(), strict=True):
-        p = preds[name].numpy()
-        ax.pcolormesh(gx, gy, p, cmap=light, vmin=-0.5, vmax=len(palette) - 0.5, shading="auto")
-        for c in np.unique(p) if len(np.unique(p)) > 1 else []:
-            # One indicator contour per class: a boundary between classes 0 and 2 is drawn once, in the
-            # middle, instead of twice (levels 0.5 and 1.5 of the label map).
-            ax.contour(gx, gy, (p == c).astype(float), levels=[0.5], colors="black", linewidths=0.6)
-        x = train.x.numpy()
-        ax.scatter(x[~has_label, 0], x[~has_label, 1], c="gray", s=4, alpha=0.5)
-        lab = has_label.numpy()
-        ax.scatter(x[lab, 0], x[lab, 1], c=palette[train.y[has_label].numpy()], s=9, edgecolors="black",
-                   linewidths=0.3)  # fmt: skip
-        title = f"{name} ({count_params(model):,} params)"
-        if len(eval_split):
-            title += f"\n{which} acc {100 * evaluate(model, eval_split).acc:.1f} %"
-        if reference in preds and name != reference:
-            agree = float((preds[name] == preds[reference]).double().mean())
-            title += f"\nagrees with {reference} on {100 * agree:.1f} % of the plane"
-        ax.set_title(title, fontsize=9)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return save_figure(fig, path)

@@ -1,8 +1,10 @@
 """The one training loop, for every role.
 
-``fit`` knows nothing about distillation: it asks the objective for ``StepOutput(loss, parts,
-logits)``, steps the optimizer, evaluates on validation data after each epoch, and writes metrics and
-checkpoints. Teacher, scratch, KD and label-smoothing students differ only in their objective.
+``fit`` knows nothing about distillation: it asks the objective for the batch its model is shown
+(``objective.student_batch``: augmented, or a teacher cache's view) and for ``StepOutput(loss, logits,
+parts)``, steps the optimizer, evaluates on validation data after each epoch, and writes metrics and
+checkpoints. Teacher, scratch, KD and label-smoothing students and mutual cohorts differ only in their
+objective; where a KD student's teacher outputs come from is the objective's business.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdistill import dist
+from kdistill.augment import Augmenter
 from kdistill.config import TrainConfig, config_diff
-from kdistill.data import BatchLoader, Split
+from kdistill.data import Batch, BatchLoader, Split
+from kdistill.distiller import Objective
 from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
-from kdistill.views import ViewCache, augment_batch
+from kdistill.metrics import EvalResult, score
+from kdistill.models import module_device
 
 try:
     from tqdm.auto import tqdm
@@ -36,38 +40,15 @@ except ImportError:  # pragma: no cover - tqdm is a declared dependency
 # ----------------------------------------------------------------------------- evaluation
 
 
-@dataclass
-class EvalResult:
-    acc: float
-    errors: int
-    nll: float
-    n: int
-
-    def as_dict(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_acc": self.acc, f"{prefix}_errors": self.errors, f"{prefix}_nll": self.nll}
-
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, batch_size: int = 1000) -> torch.Tensor:
     """Logits (float32, on the CPU) of ``model`` in eval mode on every row of ``split``, in order."""
     was = model.training
     model.eval()
-    dev = model_device(model)
+    dev = module_device(model)
     out = torch.cat([model(b["x"].to(dev)).float().cpu() for b in BatchLoader(split, batch_size)])
     model.train(was)
     return out
-
-
-def score(logits: torch.Tensor, labels: torch.Tensor) -> EvalResult:
-    """Accuracy, error count and NLL of predictions already made (no second forward pass)."""
-    correct = int((logits.argmax(1) == labels).sum())
-    nll = float(F.cross_entropy(logits, labels))
-    return EvalResult(acc=correct / len(labels), errors=len(labels) - correct, nll=nll, n=len(labels))
 
 
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> EvalResult:
@@ -79,10 +60,10 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> EvalResu
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
+        nesterov = cfg.nesterov and cfg.momentum > 0
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )  # fmt: skip
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov, weight_decay=cfg.weight_decay
+        )
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -135,7 +116,7 @@ class FitResult:
 
 
 def fit(
-    objective: nn.Module,
+    objective: Objective,
     train: Split,
     val: Split,
     cfg: TrainConfig,
@@ -161,80 +142,102 @@ def fit(
     process takes its share of every global batch of ``cfg.batch_size``, training metrics are summed
     over processes, and only rank 0 writes files.
     """
-    model: nn.Module = objective.model
-    device = torch.device(device) if device is not None else model_device(model)
-    objective.to(device)
-    torch.manual_seed(seed)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"{desc}: the objective has no trainable parameters")
-    rank, world = dist.rank(), dist.world()
-    drop_last = len(train) > cfg.batch_size
-    loader = BatchLoader(train, cfg.batch_size, shuffle=True, seed=seed, drop_last=drop_last, rank=rank, world=world)
-    if cfg.steps is not None:
-        cfg = cfg.model_copy(update={"epochs": max(1, -(-cfg.steps // len(loader)))})
-    opt = make_optimizer(params, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, make_lr_lambda(cfg, len(loader)))
-    aug_gen = torch.Generator().manual_seed(seed + 7919 + rank)  # each process its own augmentation draws
-    views = getattr(objective, "cache", None)
-    views = views if isinstance(views, ViewCache) else None
-    runner = _wrap_distributed(objective, device) if world > 1 else objective
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    if progress is None:
-        progress = sys.stderr.isatty() and dist.is_main()
-    writes = out_dir is not None and dist.is_main()
-    if writes:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    run = _Fit(objective, train, val, cfg, seed, out_dir, desc, progress, verbose, device)
+    if resume:
+        run.restore()
+    run.write_metrics()  # the metrics file always matches the history (none on a fresh start)
+    for epoch in range(run.start, run.cfg.epochs):
+        sums, correct, seen = run.train_epoch(epoch)
+        run.end_epoch(epoch, sums, correct, seen)
+    return run.finish()
 
-    history: list[dict] = []
-    best_acc, best_epoch, best_state = -1.0, -1, None
-    seconds, start = 0.0, 0
-    fingerprint = _fit_fingerprint(cfg, train, seed, world)
-    last = out_dir / "last.pt" if out_dir is not None else None
-    if resume and last is not None and last.is_file():
-        ck = _load_resume(last, fingerprint, desc)
-        model.load_state_dict(ck["state_dict"])
-        _load_objective_state(objective, ck["objective_state"], last)
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        rng = ck["rng"][rank]
+
+class _Fit:
+    """One call of :func:`fit`: its set-up, and the state that ``last.pt`` keeps between epochs."""
+
+    def __init__(
+        self,
+        objective: Objective,
+        train: Split,
+        val: Split,
+        cfg: TrainConfig,
+        seed: int,
+        out_dir: Path | None,
+        desc: str,
+        progress: bool | None,
+        verbose: bool,
+        device: torch.device | str | None,
+    ) -> None:
+        self.objective, self.model = objective, objective.model
+        self.device = torch.device(device) if device is not None else module_device(self.model)
+        objective.to(self.device)
+        torch.manual_seed(seed)
+        params = [p for p in objective.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{desc}: the objective has no trainable parameters")
+        self.rank, world = dist.rank(), dist.world()
+        drop_last = len(train) > cfg.batch_size
+        self.loader = BatchLoader(
+            train, cfg.batch_size, shuffle=True, seed=seed, drop_last=drop_last, rank=self.rank, world=world
+        )
+        if cfg.steps is not None:
+            cfg = cfg.model_copy(update={"epochs": max(1, -(-cfg.steps // len(self.loader)))})
+        self.cfg, self.train, self.val, self.seed, self.desc, self.verbose = cfg, train, val, seed, desc, verbose
+        self.opt = make_optimizer(params, cfg)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, make_lr_lambda(cfg, len(self.loader)))
+        # Each process draws its own augmentations; the generator's state is saved with the checkpoint.
+        self.augment = Augmenter(cfg.augment, torch.Generator().manual_seed(seed + 7919 + self.rank))
+        self.runner = _wrap_distributed(objective, self.device) if world > 1 else objective
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        self.progress = progress if progress is not None else sys.stderr.isatty() and dist.is_main()
+        self.out_dir = out_dir
+        self.writes = out_dir is not None and dist.is_main()
+        if self.writes:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        self.fingerprint = _fit_fingerprint(cfg, train, seed, world)
+        self.history: list[dict] = []
+        self.best_acc, self.best_epoch, self.best_state = -1.0, -1, None
+        self.seconds, self.start = 0.0, 0
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(self) -> None:
+        """Continue from ``last.pt`` when there is one: every state the next epoch depends on."""
+        last = self.out_dir / "last.pt" if self.out_dir is not None else None
+        if last is None or not last.is_file():
+            return
+        ck = _load_resume(last, self.fingerprint, self.desc)
+        self.model.load_state_dict(ck["state_dict"])
+        _load_objective_state(self.objective, ck["objective_state"], last)
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        rng = ck["rng"][self.rank]
         torch.set_rng_state(rng["torch"])
-        aug_gen.set_state(rng["aug"])
-        if "cuda" in rng and device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], device)
-        history, seconds, start = list(ck["history"]), float(ck["seconds"]), int(ck["epoch"])
-        best_acc, best_epoch, best_state = float(ck["best_acc"]), int(ck["best_epoch"]), ck["best_state"]
-        if verbose and dist.is_main():
-            print(f"  {desc}: resumed from {last} after epoch {start}/{cfg.epochs}", flush=True)
-    if writes:  # the metrics file always matches the history (none on a fresh start)
-        atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        self.augment.generator.set_state(rng["aug"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.history, self.seconds, self.start = list(ck["history"]), float(ck["seconds"]), int(ck["epoch"])
+        self.best_acc, self.best_epoch, self.best_state = float(ck["best_acc"]), int(ck["best_epoch"]), ck["best_state"]
+        if self.verbose and dist.is_main():
+            print(f"  {self.desc}: resumed from {last} after epoch {self.start}/{self.cfg.epochs}", flush=True)
 
-    for epoch in range(start, cfg.epochs):
-        objective.train()
-        loader.set_epoch(epoch)
-        if hasattr(objective, "set_epoch"):
-            objective.set_epoch(epoch)  # epoch-scheduled loss weights (e.g. DKD's warm-up)
+    # ------------------------------------------------------------------ one epoch
+
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], int, int]:
+        """One pass over the training data: per-part loss sums (weighted by batch rows), labelled rows right
+        and seen."""
+        self.objective.train()
+        self.loader.set_epoch(epoch)
+        self.objective.set_epoch(epoch)  # epoch-scheduled loss weights (e.g. DKD's warm-up)
         sums: dict[str, float] = {}
         correct = seen = 0
         t0 = time.perf_counter()
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress or tqdm is None)
+        show = self.progress and tqdm is not None
+        bar = tqdm(self.loader, desc=f"{self.desc} {epoch + 1}/{self.cfg.epochs}", leave=False, disable=not show)
         for batch in bar:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            if views is not None:
-                batch = views.student_batch(batch, epoch, seed)  # exactly the views the teacher's rows belong to
-            else:
-                batch["x"] = augment_batch(batch["x"], cfg.augment, aug_gen)
-            with autocast:
-                out = runner(batch)
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(
-                    f"{desc}: loss became {out.loss.item()} at epoch {epoch + 1}; lower the learning rate"
-                )
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            opt.step()
-            sched.step()
-            _maybe_kill()
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            batch = self.objective.student_batch(batch, epoch, self.seed, self.augment)
+            out = self._step(batch, epoch)
             n = batch["x"].shape[0]
             sums["loss"] = sums.get("loss", 0.0) + out.loss.item() * n
             for k, v in out.parts.items():
@@ -242,50 +245,93 @@ def fit(
             labelled = batch["y"] >= 0
             correct += int((out.logits.detach().argmax(1)[labelled] == batch["y"][labelled]).sum())
             seen += int(labelled.sum())
-        seconds += time.perf_counter() - t0
+        self.seconds += time.perf_counter() - t0
+        return sums, correct, seen
+
+    def _step(self, batch: Batch, epoch: int):  # noqa: ANN202 - a StepOutput
+        with self.autocast:
+            out = self.runner(batch)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(
+                f"{self.desc}: loss became {out.loss.item()} at epoch {epoch + 1}; lower the learning rate"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.opt.step()
+        self.sched.step()
+        _maybe_kill()
+        return out
+
+    # ------------------------------------------------------------------ end of an epoch
+
+    def end_epoch(self, epoch: int, sums: dict[str, float], correct: int, seen: int) -> None:
+        """Sum the training metrics over processes, evaluate, keep the best weights, write the checkpoint."""
         keys = sorted(sums)
         totals = dist.all_sum([sums[k] for k in keys] + [correct, seen])
         sums, correct, seen = dict(zip(keys, totals[:-2], strict=True)), totals[-2], totals[-1]
-        n_rows = len(loader) * loader.batch_size if loader.drop_last else len(train)
-        dist.sync_buffers(model)  # every rank evaluates rank 0's model: same numbers, same best epoch
-        v = evaluate(model, val, cfg.eval_batch_size)
+        n_rows = len(self.loader) * self.loader.batch_size if self.loader.drop_last else len(self.train)
+        dist.sync_buffers(self.model)  # every rank evaluates rank 0's model: same numbers, same best epoch
+        v = evaluate(self.model, self.val, self.cfg.eval_batch_size)
         row = {"epoch": epoch + 1, **{f"train_{k}": s / n_rows for k, s in sums.items()}}
         row["train_acc"] = correct / seen if seen else float("nan")
         row.update(v.as_dict("val"))
-        row["lr"] = opt.param_groups[0]["lr"]
-        row["seconds"] = round(seconds, 3)
-        history.append(row)
-        if v.acc > best_acc:
-            best_acc, best_epoch = v.acc, epoch + 1
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-            if writes:
-                atomic_save({"state_dict": best_state, "objective_state": objective_state(objective),
-                             "epoch": epoch + 1, "val_acc": v.acc}, out_dir / "best.pt")  # fmt: skip
-        rng = {"torch": torch.get_rng_state(), "aug": aug_gen.get_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        rngs = dist.gather_objects(rng)  # every rank's RNG, so that each one resumes its own streams
-        if writes:
-            with open(out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            atomic_save(
-                {"state_dict": model.state_dict(), "objective_state": objective_state(objective),
-                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                 "rng": rngs, "history": history, "seconds": seconds, "best_acc": best_acc,
-                 "best_epoch": best_epoch, "best_state": best_state, "fingerprint": fingerprint},
-                out_dir / "last.pt",
-            )  # fmt: skip
-        if verbose and dist.is_main() and (cfg.epochs <= 30 or (epoch + 1) % max(1, cfg.epochs // 10) == 0):
+        row["lr"] = self.opt.param_groups[0]["lr"]
+        row["seconds"] = round(self.seconds, 3)
+        self.history.append(row)
+        if v.acc > self.best_acc:
+            self.best_acc, self.best_epoch = v.acc, epoch + 1
+            self.best_state = {k: t.detach().clone() for k, t in self.model.state_dict().items()}
+            if self.writes:
+                best = {"state_dict": self.best_state, "objective_state": objective_state(self.objective)}
+                atomic_save({**best, "epoch": epoch + 1, "val_acc": v.acc}, self.out_dir / "best.pt")
+        rngs = dist.gather_objects(self._rng_state())  # every rank's RNG, so that each resumes its own streams
+        if self.writes:
+            self.write_metrics()
+            atomic_save(self._checkpoint(epoch, rngs), self.out_dir / "last.pt")
+        every = max(1, self.cfg.epochs // 10)
+        if self.verbose and dist.is_main() and (self.cfg.epochs <= 30 or (epoch + 1) % every == 0):
             print(
-                f"  {desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
-                f"val_acc {v.acc:.4f} ({seconds:.0f}s)",
+                f"  {self.desc} epoch {epoch + 1}/{self.cfg.epochs}: loss {row['train_loss']:.4f} "
+                f"val_acc {v.acc:.4f} ({self.seconds:.0f}s)",
                 flush=True,
             )
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    if writes:
-        write_metrics_csv(history, out_dir / "metrics.csv")
-    return FitResult(best_epoch, best_acc, seconds, history, steps=cfg.epochs * len(loader))
+
+    def _rng_state(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "aug": self.augment.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _checkpoint(self, epoch: int, rngs: list[dict]) -> dict:
+        return {
+            "state_dict": self.model.state_dict(),
+            "objective_state": objective_state(self.objective),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "epoch": epoch + 1,
+            "rng": rngs,
+            "history": self.history,
+            "seconds": self.seconds,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "fingerprint": self.fingerprint,
+        }
+
+    def write_metrics(self) -> None:
+        """``metrics.jsonl``, rewritten whole (atomically) so that it never holds half a line."""
+        if self.writes:
+            text = "".join(json.dumps(r) + "\n" for r in self.history)
+            atomic_write_text(self.out_dir / "metrics.jsonl", text)
+
+    def finish(self) -> FitResult:
+        """Restore the best epoch's weights into the model; write ``metrics.csv``."""
+        assert self.best_state is not None
+        self.model.load_state_dict(self.best_state)
+        if self.writes:
+            write_metrics_csv(self.history, self.out_dir / "metrics.csv")
+        steps = self.cfg.epochs * len(self.loader)
+        return FitResult(self.best_epoch, self.best_acc, self.seconds, self.history, steps=steps)
 
 
 def _wrap_distributed(objective: nn.Module, device: torch.device) -> nn.Module:
@@ -327,8 +373,10 @@ def _load_objective_state(objective: nn.Module, state: dict, path: Path) -> None
     missing, unexpected = objective.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("model.", "teacher."))]
     if missing or unexpected:
-        raise CheckpointError(f"{path}: the objective's state does not match (missing {missing}, unexpected "
-                              f"{unexpected}); the checkpoint belongs to other loss terms")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: the objective's state does not match (missing {missing}, unexpected {unexpected}); the "
+            "checkpoint belongs to other loss terms"
+        )
 
 
 def objective_state(objective: nn.Module) -> dict[str, torch.Tensor]:

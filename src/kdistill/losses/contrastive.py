@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdistill.losses.features import _float_dtype
+from kdistill.losses.checks import float_dtype
 
 
 class ContrastMemory(nn.Module):
@@ -146,7 +146,7 @@ def crd_loss(
             f"crd_loss needs (batch, feat_dim={memory.feat_dim}) embeddings and a (batch,) index, got "
             f"student {tuple(s_emb.shape)}, teacher {tuple(t_emb.shape)}, index {tuple(index.shape)}"
         )
-    dtype = _float_dtype(s_emb, t_emb)
+    dtype = float_dtype(s_emb, t_emb)
     s, t = s_emb.to(dtype), t_emb.to(dtype)
     if shared_negatives:
         neg = memory.sample_negatives(index[:1], k, generator)[0]  # (k,) for every row

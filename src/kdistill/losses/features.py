@@ -13,24 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def _float_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    # At least float32, never downcasting float64 (the tests rely on float64 staying float64).
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
-def _check_pair(name: str, student: torch.Tensor, teacher: torch.Tensor, min_dim: int = 2, min_batch: int = 1) -> None:
-    """Shared argument checks: enough dimensions, equal batch sizes, a batch big enough for the loss."""
-    shapes = f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)}"
-    if student.dim() < min_dim or teacher.dim() < min_dim:
-        raise ValueError(f"{name} needs tensors with at least {min_dim} dimensions (batch first), got {shapes}")
-    if student.shape[0] != teacher.shape[0]:
-        raise ValueError(f"{name}: student and teacher batch sizes differ, got {shapes}")
-    if student.shape[0] < min_batch:
-        raise ValueError(f"{name} needs a batch of at least {min_batch} samples, got {shapes}")
+from kdistill.losses.checks import check_pair, float_dtype
 
 
 def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
@@ -46,7 +29,7 @@ def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.T
         )
     if student_feat.numel() == 0:
         raise ValueError(f"hint_loss got empty features of shape {tuple(student_feat.shape)}")
-    dtype = _float_dtype(student_feat, teacher_feat)
+    dtype = float_dtype(student_feat, teacher_feat)
     return F.mse_loss(student_feat.to(dtype), teacher_feat.detach().to(dtype))
 
 
@@ -57,7 +40,7 @@ def _check_p(p: float) -> None:
 
 def _raw_attention(feat: torch.Tensor, p: float) -> torch.Tensor:
     # (b, c, *spatial) -> (b, *spatial): the channel mean of |f|^p, before any normalisation.
-    return feat.to(_float_dtype(feat)).abs().pow(p).mean(dim=1)
+    return feat.to(float_dtype(feat)).abs().pow(p).mean(dim=1)
 
 
 def attention_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -82,7 +65,7 @@ def attention_transfer_loss(student_feat: torch.Tensor, teacher_feat: torch.Tens
     pooled map is the channel mean of a pooled ``|f|^p``, not the map of a pooled feature.
     """
     _check_p(p)
-    _check_pair("attention_transfer_loss", student_feat, teacher_feat, min_dim=3)
+    check_pair("attention_transfer_loss", student_feat, teacher_feat, min_dim=3)
     map_s = _raw_attention(student_feat, p)
     map_t = _raw_attention(teacher_feat.detach(), p)
     if map_s.shape[1:] != map_t.shape[1:]:

@@ -12,15 +12,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kdistill.losses.features import _float_dtype
+from kdistill.losses.checks import check_temperature, float_dtype
 
 IGNORE = -1
-
-
-def _check_temperature(T: float) -> None:
-    # ``not T > 0`` also catches NaN, which would otherwise turn every loss into NaN silently.
-    if not (T > 0 and math.isfinite(T)):
-        raise ValueError(f"temperature T must be a finite number > 0, got {T}")
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -51,11 +45,11 @@ def label_smoothing_ce(logits: torch.Tensor, labels: torch.Tensor, smoothing: fl
 
 def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
     """``KL(softmax(t/T) || softmax(s/T))``, mean over rows, computed from log-softmaxes for stability."""
-    _check_temperature(T)
+    check_temperature(T)
     # Compute both softmaxes in at least float32 (a float16 cache or a bf16 autocast teacher loses too
     # much in the exponent) without ever downcasting float64 inputs.
     t = teacher_logits.detach()
-    dtype = _float_dtype(t, student_logits)
+    dtype = float_dtype(t, student_logits)
     log_p_s = F.log_softmax(student_logits.to(dtype) / T, dim=-1)
     log_p_t = F.log_softmax(t.to(dtype) / T, dim=-1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
@@ -74,7 +68,7 @@ def kd_loss_parts(
     ``1/T^2``; with the factor, changing T does not silently re-weight soft against hard targets.
     Returns the weighted parts (``soft``, ``hard``) and their sum (``loss``).
     """
-    _check_temperature(T)
+    check_temperature(T)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     soft = (
@@ -128,7 +122,7 @@ def dkd_terms(
     softmax at T: classic KD is DKD with a target-dependent NCKD weight. ``reduction``: ``"mean"`` over
     rows, or ``"none"`` for ``(b,)`` tensors. Every row needs a label (see :func:`dkd_loss_parts`).
     """
-    _check_temperature(T)
+    check_temperature(T)
     _check_logit_pair("dkd", student_logits, teacher_logits)
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
@@ -143,7 +137,7 @@ def dkd_terms(
     if bool(((labels < 0) | (labels >= num_classes)).any()):
         lo, hi = int(labels.min()), int(labels.max())
         raise ValueError(f"dkd labels must be in [0, {num_classes}), got min {lo}, max {hi}")
-    dtype = _float_dtype(student_logits, teacher_logits)
+    dtype = float_dtype(student_logits, teacher_logits)
     z_s = student_logits.to(dtype) / T
     z_t = teacher_logits.detach().to(dtype) / T
     target = F.one_hot(labels, num_classes).bool()
@@ -209,7 +203,7 @@ def dist_loss(
     ``a * p_t + (1 - a) / C`` (same relations, less confident) is not penalised. The intra-class term
     correlates over the batch, so it needs b >= 2 whenever ``gamma > 0``.
     """
-    _check_temperature(T)
+    check_temperature(T)
     _check_weight("dist beta", beta)
     _check_weight("dist gamma", gamma)
     _check_logit_pair("dist_loss", student_logits, teacher_logits)
@@ -217,7 +211,7 @@ def dist_loss(
         raise ValueError(
             f"dist_loss intra-class term correlates over the batch and needs b >= 2, got {tuple(student_logits.shape)}"
         )
-    dtype = _float_dtype(student_logits, teacher_logits)
+    dtype = float_dtype(student_logits, teacher_logits)
     p_s = F.softmax(student_logits.to(dtype) / T, dim=1)
     p_t = F.softmax(teacher_logits.detach().to(dtype) / T, dim=1)
     inter = 1.0 - _pearson_rows(p_s, p_t).mean()

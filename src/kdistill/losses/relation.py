@@ -14,14 +14,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kdistill.losses.features import _check_pair, _float_dtype
+from kdistill.losses.checks import check_pair, float_dtype
 
 
 def _flat_pair(
     name: str, student: torch.Tensor, teacher: torch.Tensor, min_batch: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_pair(name, student, teacher, min_dim=2, min_batch=min_batch)
-    dtype = _float_dtype(student, teacher)
+    check_pair(name, student, teacher, min_dim=2, min_batch=min_batch)
+    dtype = float_dtype(student, teacher)
     return student.to(dtype).flatten(1), teacher.detach().to(dtype).flatten(1)
 
 

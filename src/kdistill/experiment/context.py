@@ -1,0 +1,131 @@
+"""What one ``kdistill run`` shares across its roles and seeds: config, device, run directory, data, the
+teacher, and what roles build once per run (:meth:`RunContext.once`).
+
+:func:`open_run` does everything that comes before the first model: the smoke variant of the config,
+the device and the process group, threads, the run directory (checked for ``--resume``), and the data.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdistill import dist
+from kdistill.config import ExperimentConfig
+from kdistill.data import DataBundle, load_data
+from kdistill.io import atomic_write_text
+from kdistill.teacher import FrozenTeacher
+
+# A smoke run: the same pipeline on a few hundred samples for one epoch, in its own run directory.
+SMOKE = {"limit_train": 800, "limit_test": 500, "val_size": 200, "epochs": 1, "labelled": 200}
+
+
+def log(msg: str) -> None:
+    if dist.is_main():  # one voice per distributed run
+        print(f"[kdistill {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclass
+class TeacherInfo:
+    """A teacher as the run got it: loaded from its checkpoint, reused from the teacher cache, or trained."""
+
+    model: torch.nn.Module
+    source: str  # "checkpoint", "reused" or "trained"
+    path: Path
+    train_seconds: float
+
+
+@dataclass
+class RunContext:
+    cfg: ExperimentConfig
+    smoke: bool
+    resume: bool
+    device: torch.device
+    run_dir: Path
+    data: DataBundle
+    # Set by kdistill.experiment.teachers.prepare_teacher, before any role runs:
+    teacher: TeacherInfo | None = None
+    frozen: FrozenTeacher | None = None  # the run's teacher as a distilled student sees it
+    t_test: torch.Tensor | None = None  # its logits on the test and validation images
+    t_val: torch.Tensor | None = None
+    shared: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def fast(self) -> bool:
+        """Online teacher forwards in channels_last + bf16 where the hardware has bf16 kernels."""
+        return self.cfg.kd.teacher_precision == "auto"
+
+    def once(self, key: str, build: Callable[[], Any]) -> Any:
+        """``build()`` the first time ``key`` is asked for in this run, the same object afterwards: a teacher
+        cache or a second teacher that every seed of every role shares."""
+        if key not in self.shared:
+            self.shared[key] = build()
+        return self.shared[key]
+
+
+def smoke_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The same pipeline on a few hundred samples for one epoch, in its own run directory."""
+    c = cfg.model_copy(deep=True)
+    c.name = cfg.name + "-smoke"
+    for tc in c.train_configs():
+        tc.epochs, tc.steps = SMOKE["epochs"], None
+    c.data.val_size = min(c.data.val_size, SMOKE["val_size"])
+    if c.data.labelled is not None:
+        c.data.labelled = min(c.data.labelled, SMOKE["labelled"])
+    return c
+
+
+def run_dir_of(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.output_dir) / cfg.name
+
+
+def open_run(cfg: ExperimentConfig, smoke: bool, resume: bool) -> RunContext:
+    """Device, process group, threads, run directory and data of a run (``cfg`` already in smoke form; a
+    ``resume`` already checked against the run directory)."""
+    device = dist.resolve_device(cfg.device)
+    dist.setup(device)
+    dist.check_same(cfg.to_yaml(), "resolved config")
+    # Under torchrun the processes of one machine share its cores.
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local))
+    run_dir = run_dir_of(cfg)
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        if not resume:  # a fresh start: no earlier run's finished students or checkpoints count
+            for old in [*run_dir.rglob("row.json"), *run_dir.rglob("last.pt")]:
+                old.unlink()
+    dist.barrier()
+    data = _load(cfg, smoke)
+    if dist.world() > 1:
+        dist.check_same(data.fingerprint, "data")
+        log(f"distributed: {dist.world()} processes, {device.type}, global batch {cfg.student.train.batch_size}")
+    return RunContext(cfg, smoke, resume, device, run_dir, data)
+
+
+def _load(cfg: ExperimentConfig, smoke: bool) -> DataBundle:
+    d = cfg.data
+    data = load_data(
+        d.name,
+        root=d.root,
+        download=d.download,
+        val_size=d.val_size,
+        labelled=d.labelled,
+        transfer=cfg.kd.transfer,
+        split_seed=d.split_seed,
+        limit_train=SMOKE["limit_train"] if smoke else None,
+        limit_test=SMOKE["limit_test"] if smoke else None,
+        synthetic=d.synthetic,
+        exclude_classes=cfg.kd.exclude_classes,
+    )
+    log(
+        f"data: {data.name} train {len(data.train)}, val {len(data.val)}, test {len(data.test)}; student labels "
+        f"{len(data.student_labelled)}, KD transfer set {len(data.transfer_set)}"
+    )
+    return data

@@ -1,0 +1,116 @@
+"""The one training loop: the best validation epoch's weights come back, an objective with nothing to train
+and a loss that stops being finite are clear errors that lose nothing, the objective decides what the
+model is shown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kdistill.augment import Augmenter
+from kdistill.config import TrainConfig
+from kdistill.data import Batch, Split
+from kdistill.distiller import Objective, StepOutput, Supervised
+from kdistill.io import safe_load
+from kdistill.losses import cross_entropy
+from kdistill.trainer import evaluate, fit
+
+
+def _splits(n: int = 120) -> tuple[Split, Split]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    y = (x[:, 0] > 0).long()  # linearly separable: a linear model learns it in one epoch
+    return Split(x[:80], y[:80], torch.arange(80)), Split(x[80:], y[80:], torch.arange(80, n))
+
+
+class Sabotaged(Objective):
+    """Learns the labels in epoch 1, then the flipped labels: validation accuracy peaks at epoch 1."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def forward(self, batch: Batch) -> StepOutput:
+        logits = self.model(batch["x"])
+        y = batch["y"] if self.epoch == 0 else 1 - batch["y"]
+        return StepOutput(cross_entropy(logits, y), logits)
+
+
+def _cfg(**kw: object) -> TrainConfig:
+    return TrainConfig(**{"epochs": 4, "batch_size": 16, "lr": 0.5, "schedule": "constant", **kw})
+
+
+def test_the_best_validation_epoch_is_restored(tmp_path: Path) -> None:
+    train, val = _splits()
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    res = fit(Sabotaged(model), train, val, _cfg(), seed=0, out_dir=tmp_path, verbose=False)
+    accs = [h["val_acc"] for h in res.history]
+    assert res.best_epoch == 1 and accs[0] == max(accs) > accs[-1] + 0.3  # the sabotage worked
+    assert res.best_val_acc == accs[0] == evaluate(model, val).acc  # the model holds epoch 1's weights
+    best = safe_load(tmp_path / "best.pt")
+    assert best["epoch"] == 1 and all(torch.equal(v, model.state_dict()[k]) for k, v in best["state_dict"].items())
+    last = safe_load(tmp_path / "last.pt")
+    assert last["epoch"] == 4 and not torch.equal(last["state_dict"]["weight"], model.weight.detach())
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("epoch,")
+
+
+def test_nothing_trainable_is_a_clear_error() -> None:
+    train, val = _splits()
+    model = nn.Linear(4, 2)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="frozen: the objective has no trainable parameters"):
+        fit(Supervised(model), train, val, _cfg(), seed=0, desc="frozen", verbose=False)
+
+
+class BlowsUp(Supervised):
+    """The loss becomes NaN at the 8th step (epoch 2 of 5 steps)."""
+
+    steps = 0
+
+    def forward(self, batch: Batch) -> StepOutput:
+        out = super().forward(batch)
+        BlowsUp.steps += 1
+        return StepOutput(out.loss * float("nan"), out.logits) if BlowsUp.steps == 8 else out
+
+
+def test_a_non_finite_loss_stops_with_its_place_and_keeps_the_last_good_epoch(tmp_path: Path) -> None:
+    train, val = _splits()
+    BlowsUp.steps = 0
+    with pytest.raises(FloatingPointError, match=r"kd s0: loss became nan at epoch 2; lower the learning rate"):
+        fit(BlowsUp(nn.Linear(4, 2)), train, val, _cfg(), seed=0, out_dir=tmp_path, desc="kd s0", verbose=False)
+    last = safe_load(tmp_path / "last.pt")  # epoch 1's checkpoint, whole: --resume can start from it
+    assert last["epoch"] == 1 and torch.isfinite(last["state_dict"]["weight"]).all()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+class Shows(Supervised):
+    """Shows the model a batch of its own making and remembers what the forward got."""
+
+    seen: list[torch.Tensor] = []
+
+    def student_batch(self, batch: Batch, epoch: int, seed: int, augment: Augmenter) -> Batch:
+        return {**batch, "x": torch.full_like(batch["x"], float(epoch))}
+
+    def forward(self, batch: Batch) -> StepOutput:
+        Shows.seen.append(batch["x"][0, 0].clone())
+        return super().forward(batch)
+
+
+def test_the_objective_decides_what_the_model_is_shown() -> None:
+    train, val = _splits()
+    Shows.seen = []
+    fit(Shows(nn.Linear(4, 2)), train, val, _cfg(epochs=2), seed=0, verbose=False)
+    assert [float(v) for v in Shows.seen] == [0.0] * 5 + [1.0] * 5  # 80 rows, batches of 16, per epoch
