@@ -84,7 +84,8 @@ def test_export_onnx_and_safetensors_match_pytorch(run_dir: Path, tmp_path: Path
     assert manifest["input_shape"] == [1, 8, 8] and manifest["num_classes"] == 4
     assert manifest["metrics"]["test_acc"] == best["test_acc"]
     norm = manifest["input"]["normalize"]  # what a deployment needs to turn raw pixels into inputs
-    assert norm["scale"] == pytest.approx(1 / 255) and 0 < norm["mean"] < 1 and norm["std"] > 0
+    assert norm["scale"] == pytest.approx(1 / 255)  # per channel: one grey channel here
+    assert len(norm["mean"]) == len(norm["std"]) == 1 and 0 < norm["mean"][0] < 1 and norm["std"][0] > 0
     verify = json.loads((out / "verify.json").read_text())
     assert verify["ok"] and verify["n"] == 200 and "test images of synthetic" in verify["inputs"]
     assert verify["onnx"]["max_abs_diff"] <= 1e-4 and verify["onnx"]["argmax_mismatches"] == 0

@@ -37,7 +37,9 @@ from torch import nn
 
 from kdistill.augment import Augmenter, apply_params, draw_params
 from kdistill.config import AugmentConfig
-from kdistill.data import Batch, RowIndex, Split
+from kdistill.data import Batch, RowIndex, Split, fingerprint
+from kdistill.data.loader import RowBuffer, rows_of
+from kdistill.data.store import Inputs
 from kdistill.io import replace_dir
 from kdistill.taps import Tapped
 from kdistill.teacher import FrozenTeacher, Layers, TeacherOutputs, frozen_forward
@@ -88,19 +90,20 @@ class LogitCache:
         was_training = model.training
         model.eval()
         tap = Tapped(model, list(layers)) if layers else None
-        logits, index, feats = [], [], {name: [] for name in layers}
+        n = rows_of(batches)
+        logits, index, feats = RowBuffer(n), RowBuffer(n), {name: RowBuffer(n) for name in layers}
         try:
             for b in batches:
                 out, captured = frozen_forward(model, b["x"], tap)
                 for name, v in captured.items():
-                    feats[name].append(v)
-                logits.append(out)
-                index.append(b["index"])
+                    feats[name].add(v)
+                logits.add(out)
+                index.add(b["index"])
         finally:
             if tap is not None:
                 tap.close()
             model.train(was_training)
-        return cls(torch.cat(logits), torch.cat(index), {n: torch.cat(v) for n, v in feats.items()})
+        return cls(logits.result(), index.result(), {name: v.result() for name, v in feats.items()})
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in [self.logits, self._rows.table, *self.feats.values()])
@@ -143,7 +146,7 @@ def state_fingerprint(model: nn.Module) -> str:
 
 def cache_key(
     teacher: nn.Module,
-    x: torch.Tensor,
+    x: Inputs,
     index: torch.Tensor,
     aug: AugmentConfig,
     views: int,
@@ -155,7 +158,7 @@ def cache_key(
     h = hashlib.sha256()
     h.update(CACHE_FORMAT.encode())
     h.update(state_fingerprint(teacher).encode())
-    h.update(x.contiguous().numpy().tobytes())
+    h.update(fingerprint(x).encode())  # the inputs' bytes, or their file and rows when read from disk
     h.update(index.contiguous().numpy().tobytes())
     # T matters only for top-k storage (probabilities at T are stored); full logits do not depend on it.
     payload = {
@@ -280,7 +283,7 @@ class ViewCache:
         n_index = int(split.index.max()) + 1 if len(split) else 0
         table = draw_params(n_index * views, aug, torch.Generator().manual_seed(seed)).view(n_index, views, 3)
         params = table[split.index]
-        logits = []
+        logits = RowBuffer(len(split))
         try:
             for i in range(0, len(split), batch_size):
                 x, p = split.x[i : i + batch_size].to(device), params[i : i + batch_size]
@@ -290,10 +293,10 @@ class ViewCache:
                     out = teacher(xv)  # its own forward, with its fast bf16 path when enabled
                 else:
                     out = frozen_forward(model, xv)[0]
-                logits.append(out.cpu().view(n, views, -1))
+                logits.add(out.cpu().view(n, views, -1))
         finally:
             model.train(was)
-        lg = torch.cat(logits)
+        lg = logits.result()
         if topk is not None and topk < lg.shape[-1]:
             lg = _topk_logits(lg, topk, T)
         cache = cls(lg.half(), params.clone(), split.index.clone(), aug.shift, seed)

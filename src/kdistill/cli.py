@@ -2,7 +2,7 @@
 (also under ``torchrun --nproc_per_node=N -m kdistill run ...``),
 ``kdistill sweep CONFIG kd.T=1,2,4 kd.alpha=0.5,0.9 [dotted.key=value ...] [--smoke] [--roles kd]`` and
 ``kdistill layers MODEL_SPEC --input-shape 1,1,28,28 [--num-classes 10] [--kwargs '{"hidden": [300]}']`` and
-``kdistill report RUN_DIR [--toy]`` and
+``kdistill report RUN_DIR [--toy]`` and ``kdistill data CONFIG [dotted.key=value ...]`` and
 ``kdistill export RUN_DIR [--format onnx,safetensors,torchscript] [--role R] [--seed S] [--out DIR]``."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import yaml
 from kdistill import dist
 from kdistill.caches import CacheError
 from kdistill.config import ConfigError, load_config
-from kdistill.data import DataError
+from kdistill.data import DataError, load_data
+from kdistill.data.inspect import describe
 from kdistill.dist import DistError
 from kdistill.experiment.run import run_experiment
 from kdistill.experiment.sweep import run_sweep
@@ -94,6 +95,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, list(args.overrides))
+    d = cfg.data
+    kwargs = d.load_kwargs(cfg.output_dir)
+    data = load_data(d.name, **kwargs, transfer=cfg.kd.transfer, exclude_classes=cfg.kd.exclude_classes)
+    print(f"config: {args.config}; data.root: {d.root}; prepared files: {kwargs['cache_dir']}")
+    print(describe(data))
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     res = export_run(
         args.run_dir, args.format or DEFAULT_FORMATS, args.out, args.role, args.seed, check_images=args.check_images
@@ -157,6 +168,15 @@ def _add_layers_and_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data", allow_abbrev=False, help="what a config's data source finds: classes, counts, shape, mean/std, problems"
+    )
+    p.add_argument("config", help="YAML experiment config, e.g. configs/own_data/folder.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. data.root=DIR")
+    p.set_defaults(func=_cmd_data)
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", allow_abbrev=False, help="write the run's student as ONNX / safetensors, checked against PyTorch"
@@ -179,7 +199,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def parser() -> argparse.ArgumentParser:
     out = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation toolkit")
     sub = out.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_sweep, _add_layers_and_report, _add_export):
+    for add in (_add_run, _add_sweep, _add_layers_and_report, _add_data, _add_export):
         add(sub)
     return out
 
@@ -189,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     # parse_known_args: `run CONFIG --smoke kd.T=8` puts the overrides after an option, which a plain
     # nargs="*" positional would reject; they are collected here instead.
     args, rest = p.parse_known_args(argv)
-    if rest and (args.command not in ("run", "sweep") or any(r.startswith("-") for r in rest)):
+    if rest and (args.command not in ("run", "sweep", "data") or any(r.startswith("-") for r in rest)):
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     if rest:
         args.overrides = [*args.overrides, *rest]

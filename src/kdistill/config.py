@@ -67,14 +67,90 @@ class TrainConfig(StrictModel):
     eval_batch_size: int = Field(1000, ge=1)
 
 
+class FolderOptions(StrictModel):
+    """``data.folder``: an image folder tree ``train/<class>/*`` (and optionally ``val/``, ``test/``)."""
+
+    size: int | tuple[int, int] | None = Field(
+        None, description="[height, width] (or one side) to bring every image to; null = all images share a size"
+    )
+    fit: Literal["resize", "centre_crop"] = Field(
+        "resize", description="resize: stretch to size; centre_crop: scale to cover size, cut the middle"
+    )
+    mode: Literal["auto", "grey", "rgb"] = Field("auto", description="auto: grey when every image is grey")
+    on_error: Literal["error", "skip"] = Field(
+        "error", description="a file Pillow cannot decode: stop (naming it), or skip it (counted and listed)"
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="without test/: this share of each class's training images is the test split"
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, v: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+        sides = [v] if isinstance(v, int) else list(v or [])
+        if any(s < 1 for s in sides):
+            raise ValueError(f"image size {v} must be positive: [height, width] or one side")
+        return v
+
+
+ArrayKey = Literal["x_train", "y_train", "x_test", "y_test", "x_val", "y_val"]
+
+
+class ArraysOptions(StrictModel):
+    """``data.arrays``: a ``.npz`` (or ``.npy`` files) with ``x_train``, ``y_train``, ``x_test``, ``y_test``."""
+
+    file: str | None = Field(None, description="the .npz (or .npy) in data.root; null = the only .npz there")
+    keys: dict[ArrayKey, str] = Field(default_factory=dict, description="array names, e.g. {x_train: images}")
+    class_names: list[str] | None = Field(None, description="null = the classes are numbered")
+    layout: Literal["auto", "nchw", "nhwc"] = Field(
+        "auto", description="of 4-D image arrays; auto: channels last when the last axis has 1, 3 or 4 entries"
+    )
+
+
+class IdxOptions(StrictModel):
+    """``data.idx``: the four IDX files of an MNIST-style dataset."""
+
+    files: dict[Literal["train_images", "train_labels", "test_images", "test_labels"], str] = Field(
+        default_factory=dict, description="file names in data.root (.gz or not); default the MNIST names"
+    )
+    class_names: list[str] | None = Field(None, description="null = the classes are numbered")
+
+
+class CifarOptions(StrictModel):
+    """``data.cifar``: CIFAR-10 / CIFAR-100 python batches."""
+
+    labels: Literal["fine", "coarse"] = Field("fine", description="CIFAR-100: 100 fine or 20 coarse classes")
+
+
+class FactoryOptions(StrictModel):
+    """``data.factory``: a function of yours that returns Datasets."""
+
+    function: str = Field(description="package.module:function returning (train, test[, class_names]) Datasets")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
 class DataConfig(StrictModel):
     name: str = Field("fashion_mnist", description="a data source of kdistill.data.SOURCES")
     root: str | None = Field(None, description="directory with the dataset files (searched first)")
     download: bool = True
-    val_size: int = Field(5000, ge=1)
+    val_size: int | float = Field(
+        5000, gt=0, description="validation images carved from train: a count, or a fraction below 1 (e.g. 0.1)"
+    )
     labelled: int | None = Field(None, ge=1, description="keep labels for only this many (stratified) training images")
     split_seed: int = 0
+    memory_budget_mb: float = Field(
+        2048.0, gt=0, description="inputs larger than this as float32 are read from disk a batch at a time"
+    )
+    prepare_dir: str | None = Field(
+        None, description="where decoded / extracted data is kept; null = <output_dir>/_prepared"
+    )
     synthetic: dict[str, Any] = Field(default_factory=dict)
+    # The sources' own sections (null when not used); only the chosen source's may be given.
+    folder: FolderOptions | None = None
+    arrays: ArraysOptions | None = None
+    idx: IdxOptions | None = None
+    cifar: CifarOptions | None = None
+    factory: FactoryOptions | None = None
 
     @field_validator("name")
     @classmethod
@@ -82,6 +158,52 @@ class DataConfig(StrictModel):
         if v not in SOURCES:
             raise ValueError(f"unknown data source {v!r}; choose {', '.join(SOURCES)}")
         return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        for other in SOURCE_SECTIONS:
+            if other != self.name and getattr(self, other):
+                raise ValueError(
+                    f"data.{other} is set but data.name is {self.name}: it would be ignored; set data.name={other} "
+                    f"or remove data.{other}"
+                )
+        if self.name == "factory" and self.factory is None:
+            raise ValueError("data.name=factory needs data.factory: {function: 'package.module:function'}")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The chosen source's section as plain data (what the source reads)."""
+        section = getattr(self, self.name, None)
+        if isinstance(section, BaseModel):
+            return section.model_dump(mode="json")
+        return dict(section or {})
+
+    def load_kwargs(self, output_dir: str | Path) -> dict[str, Any]:
+        """Keyword arguments of :func:`kdistill.data.load_data` for this section (prepared files default to
+        ``<output_dir>/_prepared``)."""
+        return {
+            "root": self.root,
+            "download": self.download,
+            "val_size": self.val_size,
+            "labelled": self.labelled,
+            "split_seed": self.split_seed,
+            "options": self.options(),
+            "memory_budget_mb": self.memory_budget_mb,
+            "cache_dir": self.prepare_dir or Path(output_dir) / "_prepared",
+        }
+
+    def content_key(self) -> dict[str, Any]:
+        """What decides the data's content: without where it is read from and how it is held."""
+        d = self.model_dump(mode="json")
+        for k in ("root", "download", "labelled", "memory_budget_mb", "prepare_dir"):
+            d.pop(k, None)
+        for k in SOURCE_SECTIONS:
+            if d.get(k) is None:
+                d.pop(k, None)
+        return d
+
+
+SOURCE_SECTIONS = ("synthetic", "folder", "arrays", "idx", "cifar", "factory")
 
 
 class TeacherConfig(StrictModel):
@@ -265,10 +387,8 @@ class ExperimentConfig(StrictModel):
 
     def teacher_key(self) -> str:
         """Identifies a teacher: its model, its training recipe and the data it is trained on."""
-        d = self.data.model_dump(mode="json")
-        d.pop("root", None)
-        d.pop("download", None)
-        d.pop("labelled", None)  # the teacher always trains on every training label
+        # data.labelled is left out too: the teacher always trains on every training label.
+        d = self.data.content_key()
         payload = {"model": self.teacher.model.model_dump(), "train": self.teacher.train.model_dump(), "data": d}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 

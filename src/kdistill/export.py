@@ -35,6 +35,7 @@ import torch
 import yaml
 from torch import nn
 
+from kdistill.config import DataConfig
 from kdistill.data import load_data
 from kdistill.io import CheckpointError, replace_dir, safe_load
 from kdistill.metrics import percent
@@ -202,9 +203,10 @@ def _manifest(run_dir: Path, row: dict, model: nn.Module, saved: dict, fmts: lis
             "name": "input",
             "shape": ["batch", *shape],
             "dtype": "float32",
-            "preprocessing": "as kdistill.data.load_data returns images: pixel / 255, then standardized "
-            "with the mean and std of the training images",
-            "normalize": saved.get("normalize"),  # {scale, mean, std}: x = (pixel * scale - mean) / std
+            "preprocessing": "as kdistill.data.load_data returns inputs: raw * scale (uint8 pixels / 255), then "
+            "standardized per channel (per feature of a vector) with the mean and std of the training inputs",
+            # {scale, mean: [per channel], std: [per channel]}: x = (pixel * scale - mean[c]) / std[c]
+            "normalize": saved.get("normalize"),
         },
         "output": {"name": "logits", "shape": ["batch", num_classes]},
         "source": {
@@ -323,16 +325,11 @@ def _test_images(run_dir: Path, n: int) -> tuple[torch.Tensor, torch.Tensor, str
         raise FileNotFoundError(f"{path} not found")
     # Only the data section is read (not validated as a whole config), so that runs written by other
     # kdistill versions still export. The test split depends on nothing but the dataset itself.
-    data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
-    bundle = load_data(
-        data.get("name", "fashion_mnist"),
-        root=data.get("root"),
-        download=False,
-        val_size=1,
-        limit_test=n,
-        synthetic=data.get("synthetic") or None,
-    )
-    return bundle.test.x, bundle.test.y, f"the first {len(bundle.test)} test images of {bundle.name}"
+    saved = yaml.safe_load(path.read_text()) or {}
+    data = DataConfig.model_validate(saved.get("data") or {})
+    kwargs = {**data.load_kwargs(saved.get("output_dir", "runs")), "download": False, "val_size": 1}
+    bundle = load_data(data.name, **kwargs, limit_test=n)
+    return bundle.test.x[:], bundle.test.y, f"the first {len(bundle.test)} test images of {bundle.name}"
 
 
 def _class_names(run_dir: Path, num_classes: int) -> list[str] | None:

@@ -8,7 +8,6 @@ code shape they belong to.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from kdistill.io import CheckpointError, atomic_save, safe_load
+from kdistill.plugins import import_callable
 
 MODEL_FORMAT = "kdistill-model/1"  # a weights file that also holds the spec that rebuilds the model
 
@@ -124,30 +124,6 @@ def _build_cnn(input_shape: Sequence[int], num_classes: int, **kw: Any) -> nn.Mo
 BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": _build_mlp, "cnn": _build_cnn}
 
 
-def _import_factory(path: str) -> Callable[..., nn.Module]:
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ValueError(
-            f"model arch {path!r} is neither a built-in ({', '.join(BUILTIN)}) nor an import path; "
-            "write a user model as 'package.module:factory'"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(
-            f"model arch {path!r}: cannot import module {module_name!r} ({e}); "
-            "make sure it is on PYTHONPATH (run from the directory that contains it)"
-        ) from e
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"model arch {path!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"model arch {path!r}: {attr!r} is not callable")
-    return obj
-
-
 def build_model(
     arch: str,
     input_shape: Sequence[int],
@@ -166,7 +142,10 @@ def build_model(
             return BUILTIN[arch](input_shape, num_classes, **kwargs)
         except TypeError as e:
             raise ValueError(f"model arch {arch!r}: bad keyword arguments {kwargs}: {e}") from e
-    factory = _import_factory(arch)
+    usage = (
+        f"neither a built-in ({', '.join(BUILTIN)}) nor an import path; write a user model as 'package.module:factory'"
+    )
+    factory = import_callable(arch, f"model arch {arch!r}", usage)
     try:
         params = inspect.signature(factory).parameters
         if "num_classes" in params and "num_classes" not in kwargs:

@@ -26,6 +26,7 @@ from kdistill import dist
 from kdistill.augment import Augmenter
 from kdistill.config import TrainConfig, config_diff
 from kdistill.data import Batch, BatchLoader, Split
+from kdistill.data.loader import RowBuffer
 from kdistill.distiller import Objective
 from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
 from kdistill.metrics import EvalResult, score
@@ -46,9 +47,11 @@ def predict(model: nn.Module, split: Split, batch_size: int = 1000) -> torch.Ten
     was = model.training
     model.eval()
     dev = module_device(model)
-    out = torch.cat([model(b["x"].to(dev)).float().cpu() for b in BatchLoader(split, batch_size)])
+    out = RowBuffer(len(split))
+    for b in BatchLoader(split, batch_size):
+        out.add(model(b["x"].to(dev)).float().cpu())
     model.train(was)
-    return out
+    return out.result()
 
 
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> EvalResult:

@@ -70,4 +70,4 @@ def test_bad_split_sizes_raise_data_error() -> None:
     with pytest.raises(DataError, match="labelled"):
         load_data("synthetic", val_size=100, labelled=501)
     with pytest.raises(DataError, match="unknown dataset"):
-        load_data("cifar", val_size=10)
+        load_data("cifar10", val_size=10)

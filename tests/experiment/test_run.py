@@ -11,9 +11,11 @@ import torch
 from kdistill.config import load_config
 from kdistill.experiment.roles import ROLES
 from kdistill.experiment.run import run_experiment
+from tests.data.builders import images, write_arrays, write_cifar10, write_folder, write_idx_files
 from tests.helpers import ROOT, fashion_available, synthetic_overrides
 
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "own_data")
+OWN_DATA = sorted((ROOT / "configs" / "own_data").glob("*.yaml"))  # need data.root: run on generated data below
 
 
 def test_configs_are_shipped() -> None:
@@ -45,6 +47,33 @@ def test_every_shipped_config_smoke(config: Path, tmp_path: Path, monkeypatch: p
         assert (run_dir / "curves.png").stat().st_size > 1000
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["aggregate"].keys() == summary["aggregate"].keys()
+
+
+WRITERS = {
+    "folder": lambda d: write_folder(d, images()),
+    "arrays": lambda d: write_arrays(d, images()),
+    "idx": lambda d: write_idx_files(d, images()),
+    "cifar": write_cifar10,
+    "factory": lambda d: write_folder(d, images()),  # the example factory reads an image folder
+}
+
+
+def test_every_own_data_config_has_generated_data() -> None:
+    assert sorted(p.stem for p in OWN_DATA) == sorted(WRITERS)
+
+
+@pytest.mark.parametrize("config", OWN_DATA, ids=lambda p: p.stem)
+def test_own_data_configs_smoke_on_generated_data(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each config's only machine-specific value is data.root: given one, it runs."""
+    root = WRITERS[config.stem](tmp_path / "data")
+    monkeypatch.chdir(ROOT)  # the factory config names examples/own_dataset.py relative to the repo root
+    cfg = load_config(config, [f"output_dir={tmp_path / 'runs'}", "threads=1", f"data.root={root}", "data.val_size=10"])
+    summary = run_experiment(cfg, smoke=True)
+    assert [r["role"] for r in summary["rows"]] == ["teacher", "scratch", "kd"]
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in summary["rows"])
+    assert not any(p.name.startswith(("_", ".")) for p in root.iterdir())  # nothing written into data.root
 
 
 def test_identical_seeds_give_identical_metrics(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdistill.data.base import RawData
+from kdistill.data.raw import RawData, SourceArgs
 
 
 def digits_arrays(test_fraction: float = 0.2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -21,7 +21,7 @@ def digits_arrays(test_fraction: float = 0.2, seed: int = 0) -> dict[str, np.nda
     return {"train_images": x[tr], "train_labels": y[tr], "test_images": x[te], "test_labels": y[te]}
 
 
-def digits(root: str | None, download: bool, options: dict) -> RawData:
+def digits(args: SourceArgs) -> RawData:
     """Source ``digits``. The test split is fixed (seed 0) like Fashion-MNIST's: split_seed only moves
     train/val."""
     return RawData(**digits_arrays(), class_names=[str(i) for i in range(10)])

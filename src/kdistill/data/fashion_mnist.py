@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kdistill.data.base import DataError, RawData
+from kdistill.data.base import DataError
 from kdistill.data.idx import read_idx
+from kdistill.data.raw import RawData, SourceArgs
 
 FASHION_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -125,6 +126,6 @@ def load_fashion_arrays(root: str | None = None, download: bool = True) -> dict[
     return arrays
 
 
-def fashion_mnist(root: str | None, download: bool, options: dict) -> RawData:
+def fashion_mnist(args: SourceArgs) -> RawData:
     """Source ``fashion_mnist``: the 60,000 + 10,000 images of Zalando's Fashion-MNIST (IDX files)."""
-    return RawData(**load_fashion_arrays(root, download), class_names=list(FASHION_CLASSES))
+    return RawData(**load_fashion_arrays(args.root, args.download), class_names=list(FASHION_CLASSES))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from kdistill.data.base import DataError
+from kdistill.data.raw import RawData, SourceArgs, source_root
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -41,3 +42,45 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"{len(raw) - header}; the file is truncated or corrupt, delete it and fetch it again"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+# The standard names of MNIST-style datasets (each may also be gzipped: name + ".gz").
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def find_idx_file(root: Path, name: str) -> Path:
+    """``root/name`` or ``root/name.gz``, whichever exists."""
+    for cand in (root / name, root / (name + ".gz"), root / name.removesuffix(".gz")):
+        if cand.is_file():
+            return cand
+    raise DataError(
+        f"IDX file {name} (or {name}.gz) not found in {root}; put it there or name the files in data.idx.files"
+    )
+
+
+def read_idx_dataset(root: Path, files: dict[str, str], class_names: list[str] | None) -> RawData:
+    """The four IDX files of a dataset as arrays (images ``(N, H, W)`` or ``(N, C, H, W)`` uint8)."""
+    arrays = {key: read_idx(find_idx_file(root, files[key])) for key in IDX_FILES}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim not in (3, 4) or labels.ndim != 1:
+            raise DataError(
+                f"{root}: {files[split + '_images']} has shape {images.shape} and {files[split + '_labels']} "
+                f"{labels.shape}; expected images (N, H, W) or (N, C, H, W) and labels (N,)"
+            )
+    n = int(max(arrays["train_labels"].max(initial=0), arrays["test_labels"].max(initial=0))) + 1
+    names = list(class_names) if class_names else [str(i) for i in range(n)]
+    return RawData(arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"], names)
+
+
+def idx(args: SourceArgs) -> RawData:
+    """Source ``idx``: the four IDX files of any MNIST-style dataset in ``data.root`` (names in
+    ``data.idx.files``, gzipped or not; class names in ``data.idx.class_names``, else numbered)."""
+    d = source_root(args, "idx", "the directory that holds the four IDX files")
+    files = {**IDX_FILES, **(args.options.get("files") or {})}
+    return read_idx_dataset(d, files, args.options.get("class_names"))

@@ -105,3 +105,38 @@ class BatchLoader:
             # global batch, so N processes together see exactly the batches of one process.
             rows = rows[self.rank :: self.world]
             yield {"x": self.split.x[rows], "y": self.split.y[rows], "index": self.split.index[rows]}
+
+
+class RowBuffer:
+    """Per-batch outputs gathered into one tensor, written into a preallocated one when the number of rows is
+    known. Why: many small tensors kept alive between big short-lived batch tensors pin the freed batch
+    memory (glibc cannot shrink its heap around them): building the logits of 57,000 images from batches of
+    500 grew the resident memory by ~290 MB that way, against ~10 MB preallocated."""
+
+    def __init__(self, rows: int | None) -> None:
+        self.rows, self.pos = rows, 0
+        self.out: torch.Tensor | None = None
+        self.parts: list[torch.Tensor] = []
+
+    def add(self, t: torch.Tensor) -> None:
+        if self.rows is None:
+            self.parts.append(t)
+            return
+        if self.out is None:
+            self.out = torch.empty((self.rows, *t.shape[1:]), dtype=t.dtype)
+        self.out[self.pos : self.pos + len(t)] = t
+        self.pos += len(t)
+
+    def result(self) -> torch.Tensor:
+        if self.rows is None:
+            return torch.cat(self.parts)
+        if self.out is None or self.pos != self.rows:
+            raise ValueError(f"RowBuffer: {self.pos} rows added, {self.rows} expected")
+        return self.out
+
+
+def rows_of(batches: object) -> int | None:
+    """How many rows iterating ``batches`` yields, when that is known (a BatchLoader that keeps every row)."""
+    if isinstance(batches, BatchLoader) and not batches.drop_last and batches.world == 1:
+        return len(batches.split)
+    return None

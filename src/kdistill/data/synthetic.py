@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdistill.data.base import RawData
+from kdistill.data.raw import RawData, SourceArgs
 
 
 def synthetic_arrays(
@@ -24,8 +24,8 @@ def synthetic_arrays(
     return {"train_images": tx, "train_labels": ty, "test_images": sx, "test_labels": sy}
 
 
-def synthetic(root: str | None, download: bool, options: dict) -> RawData:
+def synthetic(args: SourceArgs) -> RawData:
     """Source ``synthetic``; ``data.synthetic`` holds :func:`synthetic_arrays`' keyword arguments."""
-    arrays = synthetic_arrays(**options)
+    arrays = synthetic_arrays(**args.options)
     classes = [f"class{i}" for i in range(int(arrays["train_labels"].max()) + 1)]
     return RawData(**arrays, class_names=classes)

@@ -113,19 +113,17 @@ def _load(cfg: ExperimentConfig, smoke: bool) -> DataBundle:
     d = cfg.data
     data = load_data(
         d.name,
-        root=d.root,
-        download=d.download,
-        val_size=d.val_size,
-        labelled=d.labelled,
+        **d.load_kwargs(cfg.output_dir),
         transfer=cfg.kd.transfer,
-        split_seed=d.split_seed,
         limit_train=SMOKE["limit_train"] if smoke else None,
         limit_test=SMOKE["limit_test"] if smoke else None,
-        synthetic=d.synthetic,
         exclude_classes=cfg.kd.exclude_classes,
     )
+    held = "read from disk a batch at a time" if data.streamed else "in memory"
     log(
         f"data: {data.name} train {len(data.train)}, val {len(data.val)}, test {len(data.test)}; student labels "
-        f"{len(data.student_labelled)}, KD transfer set {len(data.transfer_set)}"
+        f"{len(data.student_labelled)}, KD transfer set {len(data.transfer_set)}; inputs {data.input_shape}, {held}"
     )
+    for note in data.notes:
+        log(f"data: {note}")
     return data

@@ -84,7 +84,8 @@ def plot_soft_targets(
     """One panel per row of ``teacher_logits``: the teacher's softmax at each temperature, side by side.
 
     Bars are grouped by class and coloured by T; the true class is shaded and its tick label bold.
-    ``images`` (``(n, 1, H, W)`` or ``(n, H, W)``), when given, adds each input's thumbnail on the left.
+    ``images`` (``(n, 1, H, W)``, ``(n, 3, H, W)`` or ``(n, H, W)``; normalised inputs are fine: each thumbnail is
+    stretched to its own range), when given, adds each input's thumbnail on the left.
     Choose the rows first (e.g. ``logits[idx]``): at most 32 panels.
     """
     check_logits(teacher_logits, "teacher_logits")
@@ -97,9 +98,12 @@ def plot_soft_targets(
     if images is not None:
         if images.dim() == 4 and images.shape[1] == 1:
             images = images[:, 0]
-        if images.dim() != 3 or images.shape[0] != n:
+        elif images.dim() == 4 and images.shape[1] == 3:
+            images = images.permute(0, 2, 3, 1)  # colour thumbnails: (n, H, W, 3)
+        if images.dim() not in (3, 4) or images.shape[0] != n:
             raise ValueError(
-                f"images must be (n, 1, H, W) or (n, H, W) with n={n} (one per logit row), got {tuple(images.shape)}"
+                f"images must be (n, 1, H, W), (n, 3, H, W) or (n, H, W) with n={n} (one per logit row), got "
+                f"{tuple(images.shape)}"
             )
     probs = soft_targets(teacher_logits, ts).numpy()  # (len(T), n, C)
     colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.9, len(ts)))
@@ -112,7 +116,9 @@ def plot_soft_targets(
         y = int(labels[r])
         if images is not None:
             ax_im = fig.add_subplot(grid[r, 0])
-            ax_im.imshow(images[r].detach().float().numpy(), cmap="gray")
+            im = images[r].detach().float()
+            im = (im - im.min()) / (im.max() - im.min()).clamp_min(1e-12)  # its own range, grey or colour
+            ax_im.imshow(im.numpy(), cmap="gray")
             ax_im.set_axis_off()
         ax = fig.add_subplot(grid[r, cols - 1])
         ax.axvspan(y - 0.45, y + 0.45, color="gold", alpha=0.25, lw=0)
