@@ -45,3 +45,16 @@ def test_augmenter_draws_from_its_generator_only_when_augmenting() -> None:
     out = Augmenter(AUG, gen)(batch)
     assert torch.equal(out["x"], augment_batch(batch["x"], AUG, torch.Generator().manual_seed(5)))
     assert out["y"] is batch["y"] and not torch.equal(gen.get_state(), state)
+
+
+def test_any_image_size_and_channel_count_is_augmented() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 7, 5, generator=g)  # RGB, not square
+    params = draw_params(6, AUG, torch.Generator().manual_seed(1))
+    out = apply_params(x, params, AUG.shift)
+    assert out.shape == x.shape
+    for i in range(6):  # each image: its own crop of its own padded self, the same for every channel
+        dy, dx, flip = (int(v) for v in params[i])
+        padded = torch.nn.functional.pad(x[i] - x[i].min(), (2, 2, 2, 2)) + x[i].min()
+        want = padded[:, dy : dy + 7, dx : dx + 5]
+        assert torch.equal(out[i], want.flip(-1) if flip else want)

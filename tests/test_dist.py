@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 from kdistill.config import load_config
 from kdistill.dist import DistError
 from kdistill.experiment.run import run_experiment
+from tests.data.builders import images, write_folder
 
 
 def overrides(out: Path) -> list[str]:
@@ -80,6 +81,27 @@ def test_two_process_ddp_run_matches_the_single_process_run(tmp_path: Path) -> N
     two = [json.loads(s) for s in (run / "kd-seed0" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in two] == pytest.approx([r["train_loss"] for r in one], rel=1e-4)
     assert [r["val_acc"] for r in two] == [r["val_acc"] for r in one]
+
+
+def test_two_processes_read_a_streamed_image_folder_like_one(tmp_path: Path) -> None:
+    """Rank 0 prepares the folder once, every rank reads its share of each batch from disk."""
+    root = write_folder(tmp_path / "images", images())
+    folder = [
+        "data.name=folder",
+        f"data.root={root}",
+        "data.val_size=9",
+        "data.memory_budget_mb=0.001",
+        "data.synthetic={}",
+        f"data.prepare_dir={tmp_path / 'prepared'}",
+    ]
+    single = run_experiment(load_config(None, [*overrides(tmp_path / "one"), *folder]))
+    res = _torchrun([*overrides(tmp_path / "two"), *folder], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "read from disk a batch at a time" in res.stdout
+    double = json.loads((tmp_path / "two" / "ddp" / "summary.json").read_text())
+    for a, b in zip(single["rows"], double["rows"], strict=True):
+        assert (a["role"], a["test_acc"], a["val_acc"]) == (b["role"], b["test_acc"], b["val_acc"])
+    assert len(list((tmp_path / "prepared").glob("folder-*"))) == 1
 
 
 def test_batch_size_must_split_evenly_over_the_processes(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ operations, so a batch read from disk is bit for bit the batch built in memory.
 
 When a split's float32 inputs fit ``data.memory_budget_mb`` they are built once as a tensor (the fast path of
 the in-memory batcher). Otherwise they stay on disk as :class:`LazyInputs`: a view of rows of a ``.npy``
-file whose batches are read with ``os.pread`` (no memory map: pages read for one batch are not kept in the
-process) and normalised on the fly. Both index the same way (``x[rows]``, slices), so the batch loader, the
+file whose batches are read through a memory map (its pages released every few MB, so they are not kept in
+the process) and normalised on the fly. Both index the same way (``x[rows]``, slices), so the batch loader, the
 teacher's caches and prediction need no second path.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +27,15 @@ import torch
 
 from kdistill.data.base import DataError
 
+PAGE = mmap.PAGESIZE
+RELEASE_EVERY = 8 << 20  # bytes of mapped pages a reader may hold before releasing them
+
 
 @dataclass(frozen=True)
 class NpyFile:
     """An array in a ``.npy`` file (or an uncompressed member of a ``.npz``): where its data starts, its dtype
-    and the shape it is stored in. Rows are read with ``os.pread``; nothing is mapped or read whole.
+    and the shape it is stored in. Rows are read through a memory map whose pages are released as reading
+    goes on: nothing is read whole, and the process never holds more than a few MB of the file.
     ``channels_last``: images stored ``(N, H, W, C)``, handed out ``(N, C, H, W)`` like every other source."""
 
     path: Path
@@ -78,24 +83,32 @@ class NpyFile:
         return self.row_bytes * len(self)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (in that order) as an in-memory array; consecutive rows are read in one call."""
-        out = np.empty((len(rows), *self.stored[1:]), self.dtype)
-        if len(rows):
-            flat = out.reshape(len(rows), -1).view(np.uint8)
-            order = np.argsort(rows, kind="stable")
-            srt = rows[order]
-            breaks = np.flatnonzero(np.diff(srt) != 1) + 1
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                for run in np.split(np.arange(len(srt)), breaks):
-                    start, n = int(srt[run[0]]), len(run)
-                    data = os.pread(fd, n * self.row_bytes, self.offset + start * self.row_bytes)
-                    if len(data) != n * self.row_bytes:
-                        raise DataError(f"{self.path}: the file ends early (truncated?); write it again")
-                    flat[order[run]] = np.frombuffer(data, np.uint8).reshape(n, self.row_bytes)
-            finally:
-                os.close(fd)
+        """Rows ``rows`` (in that order) as an in-memory array."""
+        view, state = self._mapped()
+        out = view[np.asarray(rows, dtype=np.int64)]
+        # Release the mapped pages every few MB read: they stay in the OS page cache (fast to map again) but
+        # not in this process, so reading a file far larger than the memory budget keeps memory flat.
+        state["touched"] += len(rows) * (self.row_bytes + PAGE)
+        if state["touched"] > RELEASE_EVERY:
+            state["map"].madvise(mmap.MADV_DONTNEED)
+            state["touched"] = 0
+        out = out.view(self.dtype).reshape(len(rows), *self.stored[1:])
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2)) if self.channels_last else out
+
+    def _mapped(self) -> tuple[np.ndarray, dict]:
+        """The file's rows as a ``(N, row_bytes)`` uint8 view of a read-only memory map, opened on first use
+        (again in a forked process)."""
+        cached = self.__dict__.get("_map")
+        if cached is None or cached[0] != os.getpid():
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < self.offset + self.nbytes:
+                    raise DataError(f"{self.path}: the file ends early (truncated?); write it again")
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            view = np.frombuffer(m, np.uint8, self.nbytes, self.offset) if m is not None else np.empty(0, np.uint8)
+            cached = (os.getpid(), view.reshape(len(self), self.row_bytes), {"map": m, "touched": 0})
+            object.__setattr__(self, "_map", cached)  # a cache, not a field: equality and hashing ignore it
+        return cached[1], cached[2]
 
     def load(self) -> np.ndarray:
         """The whole array in memory (when it fits the budget)."""
