@@ -83,6 +83,9 @@ class FolderOptions(StrictModel):
     test_fraction: float = Field(
         0.2, gt=0, lt=1, description="without test/: this share of each class's training images is the test split"
     )
+    classes: list[str] | None = Field(
+        None, description="the class folders in class-index order (e.g. a pretrained teacher's); null = sorted names"
+    )
 
     @field_validator("size")
     @classmethod

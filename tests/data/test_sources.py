@@ -103,6 +103,18 @@ def test_folder_without_test_carves_and_records_a_stratified_test_split(tmp_path
     assert any("form the test split" in n for n in b.notes)
 
 
+def test_folder_classes_follow_a_given_order(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "f", DATA)
+    order = ["class2", "class0", "class1"]
+    b = _load("folder", root, tmp_path, options={"classes": order})
+    ref = _load("folder", root, tmp_path)
+    assert b.class_names == order
+    for c in CLASSES:  # the same images under each class, now numbered in the given order
+        torch.testing.assert_close(b.test.x[b.test.y == order.index(c)], ref.test.x[ref.test.y == CLASSES.index(c)])
+    with pytest.raises(DataError, match=r"lists \['class9'\] .* leaves out \['class2'\]"):
+        _load("folder", root, tmp_path, options={"classes": ["class0", "class1", "class9"]})
+
+
 def test_folder_resizes_rgb_and_reuses_its_prepared_files(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "f", DATA)
     Image.new("RGB", (11, 7), (255, 0, 0)).save(root / "train" / "class1" / "zz_red.png")  # colour, other size

@@ -5,11 +5,13 @@
     <data.root>/test/<class>/...    optional: the test split (else a stratified test split is carved from
                                     train, data.folder.test_fraction of each class, and recorded)
 
-Images are decoded with Pillow, converted to grey or RGB (``data.folder.mode``; ``auto``: grey when every
-image is), and resized or centre-cropped to ``data.folder.size`` (``null``: every image must already have
-one size). The decoded images are prepared once into uint8 ``.npy`` files under the prepared-data directory
-(keyed by the file list, sizes, modification times and these settings), so that later runs read them at
-disk speed; nothing is written into ``data.root``.
+Classes are the sub-folders of ``train/``, sorted, or in the order ``data.folder.classes`` gives (a teacher
+trained elsewhere has its own order). Images are decoded with Pillow, converted to grey or RGB
+(``data.folder.mode``; ``auto``: grey when every image is), and resized or centre-cropped to
+``data.folder.size`` (``null``: every image must already have one size). The decoded images are prepared
+once into uint8 ``.npy`` files under the prepared-data directory (keyed by the file list, sizes,
+modification times and these settings), so that later runs read them at disk speed; nothing is written into
+``data.root``.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ def _images_of(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name[0] != ".")
 
 
-def scan(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
-    """Class names (train's sub-folders) and, per split present, ``(file, class)`` pairs in a fixed order."""
+def scan(root: Path, order: list[str] | None = None) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    """Class names (train's sub-folders, sorted, or in the given ``order``) and, per split present, ``(file,
+    class)`` pairs in a fixed order."""
     train = root / "train"
     if not train.is_dir():
         raise DataError(
@@ -46,13 +49,21 @@ def scan(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
     classes = sorted(p.name for p in train.iterdir() if p.is_dir() and p.name[0] != ".")
     if not classes:
         raise DataError(f"{train}: no class folders; put each class's images in {train}/<class name>/")
+    if order is not None:  # e.g. the class order of a teacher trained elsewhere
+        if sorted(order) != classes:
+            missing, extra = sorted(set(order) - set(classes)), sorted(set(classes) - set(order))
+            raise DataError(
+                f"data.folder.classes lists {missing or 'no'} class(es) without a folder in {train} and leaves out "
+                f"{extra or 'none'}; list every class folder exactly once"
+            )
+        classes = list(order)
     files: dict[str, list[tuple[Path, int]]] = {}
     for split in SPLITS:
         d = root / split
         if not d.is_dir():
             continue
         found = sorted(p.name for p in d.iterdir() if p.is_dir() and p.name[0] != ".")
-        if split != "train" and found != classes:
+        if split != "train" and found != sorted(classes):
             missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
             raise DataError(
                 f"{d}: its class folders differ from train/'s (missing {missing}, not in train {extra}); every "
@@ -129,12 +140,12 @@ def _carve_test(files: list[tuple[Path, int]], fraction: float) -> tuple[list, l
 def folder(args: SourceArgs) -> RawData:
     root = source_root(args, "folder", "a folder with train/<class>/<images> (and optionally val/, test/)")
     opts = args.options
-    classes, files = scan(root)
+    classes, files = scan(root, opts.get("classes"))
     listing = {
         s: [(str(p.relative_to(root)), c, p.stat().st_size, p.stat().st_mtime_ns) for p, c in fs]
         for s, fs in files.items()
     }
-    settings = {k: opts.get(k) for k in ("size", "fit", "mode", "on_error", "test_fraction")}
+    settings = {k: opts.get(k) for k in ("size", "fit", "mode", "on_error", "test_fraction", "classes")}
     path = args.cache_dir / f"folder-{key_of({'files': listing, 'settings': settings})}"
     meta = open_prepared(path)
     if meta is None:
