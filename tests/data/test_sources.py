@@ -14,6 +14,7 @@ from PIL import Image
 
 from kdistill.config import ConfigError, load_config
 from kdistill.data import DataError, load_data
+from kdistill.data.inspect import record
 from kdistill.experiment.run import run_experiment
 from tests.data.builders import (
     CLASSES,
@@ -101,6 +102,8 @@ def test_folder_without_test_carves_and_records_a_stratified_test_split(tmp_path
     assert torch.bincount(b.test.y).tolist() == [round(0.2 * n) for n in per_class]  # stratified
     assert len(b.train) + len(b.val) + len(b.test) == 90
     assert any("form the test split" in n for n in b.notes)
+    carved = record(b)["carved_test"]  # what a run writes into its data.json
+    assert len(carved) == len(b.test) and all(f.startswith("train/") and (root / f).is_file() for f in carved)
 
 
 def test_folder_classes_follow_a_given_order(tmp_path: Path) -> None:

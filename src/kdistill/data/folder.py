@@ -158,7 +158,7 @@ def folder(args: SourceArgs) -> RawData:
     if meta.get("carved_test"):
         notes.append(
             f"no test/ folder: {len(meta['carved_test'])} training images ({opts.get('test_fraction')} of each "
-            f"class, seed 0) form the test split; the list is in {path / 'meta.json'}"
+            f"class, seed 0) form the test split; a run lists them in its data.json"
         )
     val = "val_x" in arrays
     return RawData(
@@ -170,6 +170,7 @@ def folder(args: SourceArgs) -> RawData:
         val_images=arrays["val_x"] if val else None,
         val_labels=arrays["val_y"].load() if val else None,
         notes=notes,
+        record={k: meta[k] for k in ("carved_test", "skipped") if meta.get(k)},
     )
 
 

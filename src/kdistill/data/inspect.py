@@ -31,6 +31,24 @@ def problems(data: DataBundle) -> list[str]:
     return out
 
 
+def record(data: DataBundle) -> dict:
+    """What a run writes into its ``data.json``: the data it trained on, in full (JSON-ready)."""
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    return {
+        "source": data.name,
+        "class_names": list(data.class_names),
+        "input_shape": list(data.input_shape),
+        "held": "disk" if data.streamed else "memory",
+        "normalize": data.extra["normalize"],
+        "counts": {s: len(split) for s, split in splits.items()}
+        | {"student_labelled": len(data.student_labelled), "transfer": len(data.transfer_set)},
+        "per_class": {s: _counts(split, data.num_classes) for s, split in splits.items()},
+        "fingerprint": data.fingerprint,
+        "notes": list(data.notes),
+        "problems": problems(data),
+    } | {k: v for k, v in data.extra.items() if k != "normalize"}
+
+
 def describe(data: DataBundle) -> str:
     """A plain-text report: classes and counts per split, input shape, normalization, how inputs are held."""
     norm = data.extra["normalize"]

@@ -19,7 +19,8 @@ class RawData:
     ``(N, D)``, in memory or in a ``.npy`` file (:class:`~kdistill.data.store.NpyFile`, read a batch at a
     time when the data does not fit the memory budget); labels are integers in memory. ``val_*``: a validation
     split the source provides itself (otherwise one is carved from train). ``notes``: what the source wants
-    said about the data (files skipped, a test split it carved), shown by ``kdistill data`` and logged.
+    said about the data (files skipped, a test split it carved), shown by ``kdistill data`` and logged;
+    ``record``: the same facts in full for the run's ``data.json`` (the carved test split's files, say).
     """
 
     train_images: np.ndarray | NpyFile
@@ -30,6 +31,7 @@ class RawData:
     val_images: np.ndarray | NpyFile | None = None
     val_labels: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    record: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

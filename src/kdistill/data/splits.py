@@ -192,7 +192,7 @@ def load_data(
         transfer=transfer_set,
         excluded_classes=excluded,
         # What a deployed model needs to prepare raw inputs: x = (raw * scale - mean[c]) / std[c].
-        extra={"normalize": norm.as_dict()},
+        extra={"normalize": norm.as_dict(), **raw.record},
         streamed=streamed,
         notes=list(raw.notes),
     )

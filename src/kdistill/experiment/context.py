@@ -7,6 +7,7 @@ the device and the process group, threads, the run directory (checked for ``--re
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import torch
 from kdistill import dist
 from kdistill.config import ExperimentConfig
 from kdistill.data import DataBundle, load_data
+from kdistill.data.inspect import record
 from kdistill.io import atomic_write_text
 from kdistill.teacher import FrozenTeacher
 
@@ -103,6 +105,8 @@ def open_run(cfg: ExperimentConfig, smoke: bool, resume: bool) -> RunContext:
                 old.unlink()
     dist.barrier()
     data = _load(cfg, smoke)
+    if dist.is_main():  # the data as found: classes, counts, normalization, a carved test split's files
+        atomic_write_text(run_dir / "data.json", json.dumps(record(data), indent=1) + "\n")
     if dist.world() > 1:
         dist.check_same(data.fingerprint, "data")
         log(f"distributed: {dist.world()} processes, {device.type}, global batch {cfg.student.train.batch_size}")

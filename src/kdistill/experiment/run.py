@@ -3,6 +3,7 @@
 ``run_experiment(cfg)`` writes ``<output_dir>/<name>/``::
 
     config.yaml                     resolved config (every default filled in)
+    data.json                       the data as found: classes, counts per split, normalization, notes
     teacher/                        predictions.pt; metrics and weights.pt when trained here
     <role>-seed<k>/ ...             one directory per trained model (kdistill.experiment.train)
     summary.json, summary.md        one row per trained model + mean/std per role (kdistill.report.summary)
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from kdistill import dist
 from kdistill.config import ExperimentConfig
+from kdistill.data.inspect import record
 from kdistill.experiment.checks import check_resumable
 from kdistill.experiment.context import RunContext, log, open_run, run_dir_of, smoke_config
 from kdistill.experiment.evaluate import deployment
@@ -59,6 +61,11 @@ def _summarize(ctx: RunContext, rows: list[dict]) -> dict:
     for name in dict.fromkeys(cfg.roles):
         variants = list(dict.fromkeys(r["variant"] for r in rows if r["role"] == name and r.get("variant")))
         roles[name] = ROLES[name].info(cfg, variants)
-    summary = write_summary(ctx.run_dir, cfg.model_dump(mode="json"), rows, roles, smoke=ctx.smoke, deploy=deploy)
+    found = {
+        k: v for k, v in record(ctx.data).items() if k in ("source", "class_names", "counts", "input_shape", "held")
+    }
+    summary = write_summary(
+        ctx.run_dir, cfg.model_dump(mode="json"), rows, roles, smoke=ctx.smoke, deploy=deploy, data=found
+    )
     log(f"report: {build_report(ctx.run_dir)}")
     return summary

@@ -23,7 +23,7 @@ from kdistill.report.figures import (
     plot_reliability,
     plot_soft_targets,
 )
-from kdistill.report.summary import deploy_table
+from kdistill.report.summary import data_line, deploy_table
 
 CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; max-width: 1100px; margin: 2em auto;
@@ -209,6 +209,8 @@ def _header(summary: dict) -> list[str]:
         + html.escape(machine_line(summary.get("environment")))
         + "</p>"
     )
+    if line := data_line(summary):
+        parts.append(f'<p class="note">{html.escape(line)}</p>')
     return parts
 
 

@@ -70,6 +70,20 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def data_line(summary: dict) -> str:
+    """One sentence on the data a run found: classes, split sizes, input shape, where inputs were held."""
+    d = summary.get("data") or {}
+    if not d:
+        return ""
+    names, n = d["class_names"], d["counts"]
+    shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+    held = "read from disk a batch at a time" if d["held"] == "disk" else "in memory"
+    return (
+        f"Data: {len(names)} classes ({shown}); train {n['train']:,}, validation {n['val']:,}, test {n['test']:,}; "
+        f"inputs {'×'.join(str(s) for s in d['input_shape'])}, {held}; details in data.json."
+    )
+
+
 def _md_results(summary: dict) -> list[str]:
     agg, cfg = summary["aggregate"], summary["config"]
     lines = [f"# {cfg['name']}" + (" (smoke run: tiny data, 1 epoch, numbers meaningless)" if summary["smoke"] else "")]
@@ -81,6 +95,7 @@ def _md_results(summary: dict) -> list[str]:
         f"{cfg['teacher']['model']['kwargs']}; student `{cfg['student']['model']['arch']}` "
         f"{cfg['student']['model']['kwargs']}; KD T={cfg['kd']['T']}, alpha={cfg['kd']['alpha']}, "
         f"transfer set: {cfg['kd']['transfer']}; seeds {cfg['seeds']}.",
+        *(["", line] if (line := data_line(summary)) else []),
         "",
         "| role | params | test acc % (mean ± std) | test errors | test NLL | train s | n |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -223,12 +238,19 @@ def _left_out_markdown(summary: dict) -> list[str]:
 
 
 def write_summary(
-    run_dir: Path, cfg: dict, rows: list[dict], roles: dict[str, dict], smoke: bool, deploy: dict | None = None
+    run_dir: Path,
+    cfg: dict,
+    rows: list[dict],
+    roles: dict[str, dict],
+    smoke: bool,
+    deploy: dict | None = None,
+    data: dict | None = None,
 ) -> dict:
     """Write ``summary.json`` and ``summary.md`` from plain data; returns the summary.
 
     ``cfg`` is the resolved config as a dict, ``roles`` what each role of the run says about itself
-    (``{name: {label, color, order, description?, variants?}}``, the teacher first), in table order.
+    (``{name: {label, color, order, description?, variants?}}``, the teacher first), in table order;
+    ``data`` what was found in the data (``source``, ``class_names``, ``counts``, ``input_shape``, ``held``).
     """
     order = sorted(roles, key=lambda r: roles[r].get("order", 100))
     agg = aggregate(rows, order)
@@ -247,6 +269,7 @@ def write_summary(
         "derived": derived,
         "roles": {r: roles[r] for r in order},
         "deploy": deploy or {},
+        "data": data or {},
         "command": "kdistill " + " ".join(sys.argv[1:]) if from_cli else f"kdistill run <config> (name={cfg['name']})",
         "environment": environment(),
     }
