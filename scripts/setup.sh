@@ -13,6 +13,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # multi-GB CUDA build. Elsewhere, fall back to the range in pyproject.toml.
     .venv/bin/pip install -q "torch==${KDISTILL_TORCH_VERSION:-2.13.0}" || .venv/bin/pip install -q "torch>=2.2"
   fi
-  .venv/bin/pip install -q -e ".[dev,onnx]"
+  .venv/bin/pip install -q -e ".[dev,onnx,text]"
   echo "$want" > "$stamp"
 fi

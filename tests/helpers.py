@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -53,3 +56,16 @@ def fashion_available() -> bool:
         return True
     except DataError:
         return False
+
+
+def cli_run(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m kdistill run <empty config> ARGS`` in a child process (every setting from the overrides)."""
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    return subprocess.run(
+        [sys.executable, "-m", "kdistill", "run", str(config), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        timeout=300,
+    )

@@ -22,6 +22,7 @@ from kdistill.data.inspect import describe
 from kdistill.dist import DistError
 from kdistill.experiment.run import run_experiment
 from kdistill.experiment.sweep import run_sweep
+from kdistill.experiment.text_run import run_text
 from kdistill.export import DEFAULT_FORMATS, export_run
 from kdistill.io import CheckpointError
 from kdistill.models import build_model
@@ -29,11 +30,18 @@ from kdistill.report.figures import plot_decision_regions
 from kdistill.report.html import build_report
 from kdistill.report.summary import summary_markdown
 from kdistill.report.sweep import sweep_markdown
+from kdistill.report.text import text_markdown
 from kdistill.taps import format_layer_table, layer_table
+from kdistill.text.config import is_text_config, load_text_config
+from kdistill.text.tokenizers import TextError
 from kdistill.toy import run_toy
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if is_text_config(args.config, list(args.overrides)):  # task: text, a language-model run
+        summary = run_text(load_text_config(args.config, list(args.overrides)), smoke=args.smoke, resume=args.resume)
+        print(text_markdown(summary).split("\n**")[0])
+        return 0
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     cfg = load_config(args.config, overrides)
     try:
@@ -219,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args))
-    except (ConfigError, DataError, CheckpointError, CacheError, DistError) as e:
+    except (ConfigError, DataError, CheckpointError, CacheError, DistError, TextError) as e:
         print(f"kdistill: error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # model spec / checkpoint shape problems carry their own explanation

@@ -65,6 +65,17 @@ class TrainConfig(StrictModel):
     step_size: int = Field(10, ge=1, description="epochs between x0.1 decays for schedule=step")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval_batch_size: int = Field(1000, ge=1)
+    select: Literal["acc", "nll"] = Field(
+        "acc", description="the epoch kept: best validation accuracy, or lowest validation NLL (language models)"
+    )
+
+    def key(self) -> dict[str, Any]:
+        """The recipe as a dict for keys and fingerprints. Fields added after keys were first written are left
+        out at their defaults, so that earlier teachers and checkpoints keep their keys."""
+        d = self.model_dump(mode="json")
+        if d["select"] == "acc":
+            del d["select"]
+        return d
 
 
 class FolderOptions(StrictModel):
@@ -392,7 +403,7 @@ class ExperimentConfig(StrictModel):
         """Identifies a teacher: its model, its training recipe and the data it is trained on."""
         # data.labelled is left out too: the teacher always trains on every training label.
         d = self.data.content_key()
-        payload = {"model": self.teacher.model.model_dump(), "train": self.teacher.train.model_dump(), "data": d}
+        payload = {"model": self.teacher.model.model_dump(), "train": self.teacher.train.key(), "data": d}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 

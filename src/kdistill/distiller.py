@@ -33,6 +33,9 @@ class StepOutput:
     loss: torch.Tensor
     logits: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    # What the training accuracy compares ``logits`` with when it is not ``batch["y"]`` (an on-policy LM step
+    # trains on tokens the student sampled, not on the batch's).
+    targets: torch.Tensor | None = None
 
 
 class Objective(nn.Module):

@@ -36,7 +36,13 @@ class EvalResult:
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor) -> EvalResult:
-    """Accuracy, error count and NLL of predictions already made (no second forward pass)."""
+    """Accuracy, error count and NLL of predictions already made (no second forward pass).
+
+    Language-model logits ``[N, L, V]`` with next tokens ``[N, L]`` are scored per token (``nll`` in nats per
+    token; positions whose target is ``-1`` are left out)."""
+    if logits.dim() == 3:
+        keep = labels.reshape(-1) >= 0
+        logits, labels = logits.reshape(-1, logits.shape[-1])[keep], labels.reshape(-1)[keep]
     correct = int((logits.argmax(1) == labels).sum())
     nll = float(F.cross_entropy(logits, labels))
     return EvalResult(acc=correct / len(labels), errors=len(labels) - correct, nll=nll, n=len(labels))

@@ -55,7 +55,24 @@ def predict(model: nn.Module, split: Split, batch_size: int = 1000) -> torch.Ten
 
 
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> EvalResult:
+    if isinstance(split.x, torch.Tensor) and not split.x.is_floating_point():  # token ids: a language model
+        return _evaluate_tokens(model, split, batch_size)
     return score(predict(model, split, batch_size), split.y)
+
+
+@torch.no_grad()
+def _evaluate_tokens(model: nn.Module, split: Split, batch_size: int) -> EvalResult:
+    """Next-token accuracy and NLL (nats per token) without keeping ``[N, L, V]`` logits (V may be 50,000)."""
+    was = model.training
+    model.eval()
+    dev = module_device(model)
+    right = total = 0
+    nll = 0.0
+    for b in BatchLoader(split, batch_size):
+        r = score(model(b["x"].to(dev)).float().cpu(), b["y"])
+        right, total, nll = right + r.n - r.errors, total + r.n, nll + r.nll * r.n
+    model.train(was)
+    return EvalResult(acc=right / total, errors=total - right, nll=nll / total, n=total)
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -135,7 +152,8 @@ def fit(
     """Train ``objective.model`` by minimizing ``objective(batch).loss``.
 
     After every epoch the model is evaluated on ``val``; the weights with the best validation accuracy
-    are kept (and restored into the model at the end), so model selection never looks at test data.
+    (or the lowest validation NLL, ``cfg.select = "nll"``: language models) are kept (and restored into the
+    model at the end), so model selection never looks at test data.
     With ``out_dir``, writes ``metrics.jsonl``, ``metrics.csv``, ``best.pt`` and ``last.pt`` there;
     ``last.pt`` holds everything needed to continue exactly (``resume=True``): weights, the objective's
     own state, optimizer, scheduler, RNG states, history and best-so-far, at the end of each epoch.
@@ -199,7 +217,7 @@ class _Fit:
             out_dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint = _fit_fingerprint(cfg, train, seed, world)
         self.history: list[dict] = []
-        self.best_acc, self.best_epoch, self.best_state = -1.0, -1, None
+        self.best_acc, self.best_nll, self.best_epoch, self.best_state = -1.0, math.inf, -1, None
         self.seconds, self.start = 0.0, 0
 
     # ------------------------------------------------------------------ restore
@@ -221,6 +239,7 @@ class _Fit:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.history, self.seconds, self.start = list(ck["history"]), float(ck["seconds"]), int(ck["epoch"])
         self.best_acc, self.best_epoch, self.best_state = float(ck["best_acc"]), int(ck["best_epoch"]), ck["best_state"]
+        self.best_nll = float(ck.get("best_nll", math.inf))
         if self.verbose and dist.is_main():
             print(f"  {self.desc}: resumed from {last} after epoch {self.start}/{self.cfg.epochs}", flush=True)
 
@@ -245,8 +264,9 @@ class _Fit:
             sums["loss"] = sums.get("loss", 0.0) + out.loss.item() * n
             for k, v in out.parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
-            labelled = batch["y"] >= 0
-            correct += int((out.logits.detach().argmax(1)[labelled] == batch["y"][labelled]).sum())
+            y = batch["y"] if out.targets is None else out.targets
+            labelled = y >= 0  # a class per row, or a next token per position ([B, L] with [B, L, V] logits)
+            correct += int((out.logits.detach().argmax(-1)[labelled] == y[labelled]).sum())
             seen += int(labelled.sum())
         self.seconds += time.perf_counter() - t0
         return sums, correct, seen
@@ -281,8 +301,9 @@ class _Fit:
         row["lr"] = self.opt.param_groups[0]["lr"]
         row["seconds"] = round(self.seconds, 3)
         self.history.append(row)
-        if v.acc > self.best_acc:
-            self.best_acc, self.best_epoch = v.acc, epoch + 1
+        better = v.acc > self.best_acc if self.cfg.select == "acc" else v.nll < self.best_nll
+        if better:
+            self.best_acc, self.best_nll, self.best_epoch = v.acc, v.nll, epoch + 1
             self.best_state = {k: t.detach().clone() for k, t in self.model.state_dict().items()}
             if self.writes:
                 best = {"state_dict": self.best_state, "objective_state": objective_state(self.objective)}
@@ -316,6 +337,7 @@ class _Fit:
             "history": self.history,
             "seconds": self.seconds,
             "best_acc": self.best_acc,
+            "best_nll": self.best_nll,
             "best_epoch": self.best_epoch,
             "best_state": self.best_state,
             "fingerprint": self.fingerprint,
@@ -355,7 +377,7 @@ def _wrap_distributed(objective: nn.Module, device: torch.device) -> nn.Module:
 
 def _fit_fingerprint(cfg: TrainConfig, train: Split, seed: int, world: int) -> dict:
     """What a checkpoint must agree on to be continued: recipe, data size, seed, number of processes."""
-    return {"train": cfg.model_dump(mode="json"), "rows": len(train), "seed": seed, "world": world}
+    return {"train": cfg.key(), "rows": len(train), "seed": seed, "world": world}
 
 
 def _load_resume(path: Path, fingerprint: dict, desc: str) -> dict:

@@ -5,10 +5,7 @@ normalization and class names, sweeps, and names its classes in the report."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ from kdistill.cli import main
 from kdistill.config import load_config
 from kdistill.experiment.run import run_experiment
 from tests.data.builders import CLASSES, images, write_folder
+from tests.helpers import cli_run
 
 pytest.importorskip("onnxruntime")
 
@@ -57,18 +55,6 @@ def overrides(root: Path, out: Path) -> list[str]:
     ]
 
 
-def _cli(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    config = tmp_path / "empty.yaml"
-    config.write_text("{}\n")
-    return subprocess.run(
-        [sys.executable, "-m", "kdistill", "run", str(config), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-        timeout=300,
-    )
-
-
 def _students(summary: dict) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "train_seconds"} for r in summary["rows"] if r["role"] != "teacher"]
 
@@ -87,9 +73,9 @@ def test_streamed_folder_resumes_exports_sweeps_and_reports(
     # Killed in the kd student's 2nd epoch; resumed, it ends where the uninterrupted run ended.
     kill_after = (TEACHER_EPOCHS + STUDENT_EPOCHS + 1) * STEPS_PER_EPOCH + 2
     cut = overrides(rgb_folder, tmp_path / "cut")
-    killed = _cli(cut, tmp_path, {"KDISTILL_KILL_AFTER_STEPS": str(kill_after)})
+    killed = cli_run(cut, tmp_path, {"KDISTILL_KILL_AFTER_STEPS": str(kill_after)})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = _cli([*cut, "--resume"], tmp_path)
+    resumed = cli_run([*cut, "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout
     run = tmp_path / "cut" / "own"

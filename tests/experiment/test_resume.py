@@ -4,10 +4,7 @@ run with the same seed ends; bad resumes fail with a message that names the prob
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ import pytest
 from kdistill.config import load_config
 from kdistill.experiment.run import run_experiment
 from kdistill.io import CheckpointError
+from tests.helpers import cli_run
 
 STEPS_PER_EPOCH = 10  # 340 training images (400 - 60 validation), batches of 32, last one dropped
 TEACHER_EPOCHS, STUDENT_EPOCHS = 3, 4
@@ -45,18 +43,6 @@ def overrides(out: Path) -> list[str]:
     ]
 
 
-def _cli(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    config = tmp_path / "empty.yaml"  # every setting comes from the overrides
-    config.write_text("{}\n")
-    return subprocess.run(
-        [sys.executable, "-m", "kdistill", "run", str(config), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-        timeout=300,
-    )
-
-
 def _students(summary: dict) -> list[dict]:
     drop = {"train_seconds"}
     return [{k: v for k, v in r.items() if k not in drop} for r in summary["rows"] if r["role"] != "teacher"]
@@ -73,7 +59,7 @@ def test_sigkill_mid_epoch_then_resume_ends_where_an_uninterrupted_run_ends(tmp_
     # Killed right after the 5th step of the kd student's 2nd epoch (the teacher and the scratch
     # student have finished; the kd student's last.pt holds epoch 1).
     kill_after = (TEACHER_EPOCHS + STUDENT_EPOCHS + 1) * STEPS_PER_EPOCH + 5
-    killed = _cli(overrides(tmp_path / "cut"), tmp_path, {"KDISTILL_KILL_AFTER_STEPS": str(kill_after)})
+    killed = cli_run(overrides(tmp_path / "cut"), tmp_path, {"KDISTILL_KILL_AFTER_STEPS": str(kill_after)})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     run = tmp_path / "cut" / "resume"
     assert (run / "scratch-seed0" / "row.json").is_file()
@@ -81,7 +67,7 @@ def test_sigkill_mid_epoch_then_resume_ends_where_an_uninterrupted_run_ends(tmp_
     assert len(_history(run, "kd")) == 1  # one finished epoch on disk
     assert not [p for p in run.rglob("*.tmp")]  # atomic writes: no half-written file left behind
 
-    resumed = _cli([*overrides(tmp_path / "cut"), "--resume"], tmp_path)
+    resumed = cli_run([*overrides(tmp_path / "cut"), "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "finished before the interruption, kept" in resumed.stdout
     assert "resumed from" in resumed.stdout and "after epoch 1/4" in resumed.stdout

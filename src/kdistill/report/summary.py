@@ -237,6 +237,13 @@ def _left_out_markdown(summary: dict) -> list[str]:
     return lines
 
 
+def run_command(name: str) -> str:
+    """The command that made this run, as typed when it came from the CLI (else a placeholder naming it)."""
+    if Path(sys.argv[0]).name in ("kdistill", "__main__.py"):
+        return "kdistill " + " ".join(sys.argv[1:])
+    return f"kdistill run <config> (name={name})"
+
+
 def write_summary(
     run_dir: Path,
     cfg: dict,
@@ -260,7 +267,6 @@ def write_summary(
             derived[f"{role}_minus_scratch"] = agg[role]["test_acc_mean"] - agg["scratch"]["test_acc_mean"]
     if "teacher" in agg and "scratch" in agg:
         derived["compression"] = agg["teacher"]["params"] / agg["scratch"]["params"]
-    from_cli = Path(sys.argv[0]).name in ("kdistill", "__main__.py")
     summary = {
         "config": cfg,
         "smoke": smoke,
@@ -270,7 +276,7 @@ def write_summary(
         "roles": {r: roles[r] for r in order},
         "deploy": deploy or {},
         "data": data or {},
-        "command": "kdistill " + " ".join(sys.argv[1:]) if from_cli else f"kdistill run <config> (name={cfg['name']})",
+        "command": run_command(cfg["name"]),
         "environment": environment(),
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
