@@ -74,7 +74,9 @@ def build_lm(spec: LMSpec, vocab_size: int, context: int) -> tuple[nn.Module, An
     if spec.arch == "transformers":
         if spec.path:
             return load_hf(spec.path)
-        cfg = {"vocab_size": vocab_size, **spec.kwargs}
+        # kdistill's byte and char tokenizers put end-of-document last; GPT-2's default ids (50256) would lie
+        # outside a small vocabulary.
+        cfg = {"vocab_size": vocab_size, "bos_token_id": vocab_size - 1, "eos_token_id": vocab_size - 1, **spec.kwargs}
         if cfg.get("model_type") == "gpt2":
             cfg.setdefault("n_positions", context)
         return build_hf(cfg), None

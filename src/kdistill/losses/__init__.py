@@ -1,6 +1,7 @@
 """Pure loss functions (tensors in, scalar tensor out); :class:`ContrastMemory` is CRD's one stateful piece."""
 
 from kdistill.losses.contrastive import ContrastMemory, crd_loss, crd_nce_loss
+from kdistill.losses.encoder import embedding_cosine_loss, embedding_mse, mean_pool, minilm_relation_loss
 from kdistill.losses.features import attention_map, attention_transfer_loss, hint_loss
 from kdistill.losses.logits import (
     cross_entropy,
@@ -24,10 +25,14 @@ __all__ = [
     "dist_loss",
     "dkd_loss_parts",
     "dkd_terms",
+    "embedding_cosine_loss",
+    "embedding_mse",
     "hint_loss",
     "kd_loss",
     "kd_loss_parts",
     "label_smoothing_ce",
+    "mean_pool",
+    "minilm_relation_loss",
     "pkt_loss",
     "rkd_angle_loss",
     "rkd_distance_loss",

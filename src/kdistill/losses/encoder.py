@@ -1,0 +1,96 @@
+"""Pure losses for distilling sentence encoders (no config, no module state, no names).
+
+- :func:`mean_pool`: the sentence embedding of sentence-transformers models, the mean of the token states
+  where ``mask`` is 1 (padding never counts).
+- :func:`embedding_mse`, :func:`embedding_cosine_loss`: the student's pooled embedding against the teacher's
+  (``1 - cos`` averaged over sentences).
+- :func:`self_relation`, :func:`relation_kl`, :func:`minilm_relation_loss`: MiniLM's deep self-attention
+  distillation (Wang et al. 2020): per head, the attention distribution ``softmax(q k^T / sqrt(d))`` and the
+  value relation ``softmax(v v^T / sqrt(d))`` of the last layer, teacher against student with a KL per query
+  row. Rows are ``L x L`` per head, so the head dimension ``d`` may differ between the models; the number of
+  heads must agree. Padded keys get no probability and padded query rows are not averaged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from kdistill.losses.checks import float_dtype
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L, D]`` token states -> ``[B, D]``: the mean over the positions where ``mask`` ``[B, L]`` is 1."""
+    if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
+        shapes = f"{tuple(hidden.shape)} and {tuple(mask.shape)}"
+        raise ValueError(f"mean_pool needs states [B, L, D] and a mask [B, L], got {shapes}")
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the embeddings ``[B, D]`` (mean over sentences and dimensions)."""
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student embeddings {tuple(student.shape)} and teacher embeddings {tuple(teacher.shape)} differ; "
+            "put a linear adapter on the student when the widths differ"
+        )
+    return F.mse_loss(student, teacher.detach())
+
+
+def embedding_cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(student, teacher)`` averaged over sentences: direction only, what nearest neighbours use."""
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student embeddings {tuple(student.shape)} and teacher embeddings {tuple(teacher.shape)} differ; "
+            "put a linear adapter on the student when the widths differ"
+        )
+    return (1.0 - F.cosine_similarity(student, teacher.detach(), dim=-1)).mean()
+
+
+def self_relation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Log of ``softmax(a b^T / sqrt(d))`` over the keys, ``[B, H, L, L]``, from ``a``, ``b`` ``[B, H, L, d]``;
+    keys where ``mask`` ``[B, L]`` is 0 get probability 0."""
+    if a.dim() != 4 or a.shape != b.shape:
+        shapes = f"{tuple(a.shape)}, {tuple(b.shape)}"
+        raise ValueError(f"relations need two [B, H, L, d] tensors of one shape, got {shapes}")
+    dtype = float_dtype(a, b)
+    scores = a.to(dtype) @ b.to(dtype).transpose(-1, -2) / math.sqrt(a.shape[-1])
+    keys = mask.to(torch.bool)[:, None, None, :]
+    return F.log_softmax(scores.masked_fill(~keys, float("-inf")), dim=-1)
+
+
+def relation_kl(teacher_log: torch.Tensor, student_log: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``KL(teacher row || student row)`` averaged over batch, heads and the query rows where ``mask`` is 1."""
+    if teacher_log.shape != student_log.shape:
+        raise ValueError(
+            f"teacher relations {tuple(teacher_log.shape)} and student relations {tuple(student_log.shape)} differ; "
+            "MiniLM needs the same number of heads and the same tokens in both models"
+        )
+    t = teacher_log.detach()
+    p = t.exp()
+    per_key = torch.where(p > 0, p * (t - student_log), torch.zeros_like(p))  # padded keys: p = 0, no term
+    per_row = per_key.sum(-1)  # [B, H, L]
+    rows = mask.to(torch.bool)[:, None, :].expand_as(per_row)
+    if not bool(rows.any()):
+        return per_row.sum() * 0.0
+    return per_row[rows].mean()
+
+
+def minilm_relation_loss(
+    teacher_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    student_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """MiniLM: attention-distribution KL plus value-relation KL of one layer (each ``[B, H, L, d]``)."""
+    (tq, tk, tv), (sq, sk, sv) = teacher_qkv, student_qkv
+    if tq.shape[:3] != sq.shape[:3]:
+        raise ValueError(
+            f"teacher heads {tuple(tq.shape)} and student heads {tuple(sq.shape)}: MiniLM compares [B, H, L, L] "
+            "relations, so batch, heads and tokens must agree (the head width may differ)"
+        )
+    attention = relation_kl(self_relation(tq, tk, mask), self_relation(sq, sk, mask), mask)
+    values = relation_kl(self_relation(tv, tv, mask), self_relation(sv, sv, mask), mask)
+    return attention + values
