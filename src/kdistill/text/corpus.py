@@ -114,11 +114,9 @@ def read_corpus(
     total = sum(len(d) for d in docs)
     split: dict[str, list[str]] = {s: [] for s in SPLITS}
     # Deal documents until each held-out split has its share of the characters (at least one document each).
-    taken = 0
     for s, frac in (("test", test_fraction), ("val", val_fraction)):
         while docs and (not split[s] or sum(len(d) for d in split[s]) < frac * total) and len(docs) > 1:
             split[s].append(docs.pop())
-            taken += 1
     split["train"] = docs
     return Corpus(split, [str(f) for f in files])
 
