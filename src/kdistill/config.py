@@ -304,6 +304,15 @@ class TermConfig(StrictModel):
 DEFAULT_ROLES = ["scratch", "kd", "label_smoothing"]
 
 
+def check_seeds(v: list[int]) -> list[int]:
+    """At least one seed, none twice (every config's ``seeds``)."""
+    if not v:
+        raise ValueError("give at least one seed")
+    if len(set(v)) != len(v):
+        raise ValueError(f"seeds must be distinct, got {v}")
+    return v
+
+
 class ExperimentConfig(StrictModel):
     """The settings every run shares. The roles' own sections (``dml:``, ``born_again:``, ...) are added
     by :func:`declare_role`; :func:`config_schema` is this class with them, and what :func:`load_config`
@@ -335,11 +344,7 @@ class ExperimentConfig(StrictModel):
     @field_validator("seeds")
     @classmethod
     def _seeds_nonempty(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("give at least one seed")
-        if len(set(v)) != len(v):
-            raise ValueError(f"seeds must be distinct, got {v}")
-        return v
+        return check_seeds(v)
 
     @field_validator("name")
     @classmethod

@@ -24,10 +24,12 @@ import torch
 import yaml
 from torch import nn
 
+from kdistill.caches import state_fingerprint
 from kdistill.config import config_diff
 from kdistill.data import Split
 from kdistill.experiment.context import log
 from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
+from kdistill.models import count_params
 from kdistill.plugins import import_callable
 from kdistill.report.text import write_text_summary
 from kdistill.teacher import FrozenTeacher
@@ -39,6 +41,7 @@ from kdistill.text.models import (
     build_hf,
     check_same_vocabulary,
     load_hf,
+    load_hf_tokenizer,
     save_hf,
 )
 from kdistill.text.objectives import LMDistiller, LMSupervised
@@ -58,10 +61,6 @@ class TextRun:
     data: Any
     students: Split  # what every student trains on: the training blocks, or the transfer set of them
     hf_tokenizer: Any = None
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------- models
@@ -95,15 +94,7 @@ def save_lm(model: nn.Module, spec: LMSpec, out: Path, tokenizer: Any) -> None:
 
 def load_corpus_data(cfg: TextExperimentConfig, smoke: bool) -> tuple[Any, Any]:
     c = cfg.corpus
-    files = stdlib_files(c.max_bytes) if c.source == "stdlib" else corpus_files(c.paths, c.pattern)
-    if c.source == "files" and c.max_bytes is not None:
-        kept, total = [], 0
-        for f in files:
-            total += f.stat().st_size
-            if total > c.max_bytes and kept:
-                break
-            kept.append(f)
-        files = kept
+    files = stdlib_files(c.max_bytes) if c.source == "stdlib" else corpus_files(c.paths, c.pattern, c.max_bytes)
     corpus = read_corpus(files, c.separator, c.val_fraction, c.test_fraction)
     hf_tok = None
     if c.tokenizer == "byte":
@@ -113,7 +104,7 @@ def load_corpus_data(cfg: TextExperimentConfig, smoke: bool) -> tuple[Any, Any]:
     else:
         if cfg.teacher.model.arch != "transformers" or not cfg.teacher.model.path:
             raise TextError("corpus.tokenizer=model needs a transformers teacher with teacher.model.path")
-        _, hf_tok = load_hf(cfg.teacher.model.path)
+        hf_tok = load_hf_tokenizer(cfg.teacher.model.path)  # the teacher's weights are loaded once, later
         tok = HFTokenizer(hf_tok)
     data = build_text_data(corpus, tok, c.block, cfg.samples.prompts, cfg.samples.prompt_tokens)
     if smoke:
@@ -200,6 +191,7 @@ def _teacher(run: TextRun) -> tuple[nn.Module, dict]:
     torch.manual_seed(0)  # the same initial weights in every run, whatever ran before in this process
     model, _ = build_lm(cfg.teacher.model, data.vocab_size, data.block)
     out = run.run_dir / "teacher"
+    tc = _train_cfg(run, True)
     if cfg.teacher.checkpoint:
         saved = safe_load(cfg.teacher.checkpoint)
         try:
@@ -220,11 +212,10 @@ def _teacher(run: TextRun) -> tuple[nn.Module, dict]:
         return model.eval(), json.loads((out / "row.json").read_text())
     else:
         log(f"teacher: training {count_params(model):,} parameters")
-        tc = _train_cfg(run, True)
         res = fit(LMSupervised(model), data.train, data.val, tc, seed=0, out_dir=out, desc="teacher", resume=run.resume)
         save_lm(model, cfg.teacher.model, out, run.hf_tokenizer)
         seconds, steps = res.train_seconds, res.steps
-    row = _row(run, model, "teacher", None, 0, seconds, steps, _train_cfg(run, True).batch_size)
+    row = _row(run, model, "teacher", None, 0, seconds, steps, tc.batch_size)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "row.json", json.dumps(row) + "\n")
     log(f"teacher: test {row['test_bpt']:.4f} bits/token")
@@ -232,7 +223,7 @@ def _teacher(run: TextRun) -> tuple[nn.Module, dict]:
 
 
 def _cache(run: TextRun, frozen: FrozenTeacher) -> TopKCache:
-    parts = (run.data.fingerprint, run.cfg.kd.top_k, run.cfg.kd.transfer_blocks, _state_hash(frozen.model))
+    parts = (run.data.fingerprint, run.cfg.kd.top_k, run.cfg.kd.transfer_blocks, state_fingerprint(frozen.model))
     key = hashlib.sha256("-".join(map(str, parts)).encode()).hexdigest()[:16]
     path = run.run_dir / "_teacher_cache" / key
     t0 = time.perf_counter()
@@ -242,14 +233,6 @@ def _cache(run: TextRun, frozen: FrozenTeacher) -> TopKCache:
         f"{cache.row_bytes() * len(run.students) / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f}s"
     )
     return cache
-
-
-def _state_hash(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 @torch.no_grad()

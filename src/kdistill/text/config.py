@@ -3,6 +3,7 @@ configs (unknown keys are errors with a suggestion, dotted overrides on the comm
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,12 +14,20 @@ from kdistill.config import (
     StrictModel,
     TrainConfig,
     apply_overrides,
+    check_seeds,
     format_validation_error,
     read_yaml,
 )
 from kdistill.losses.text import DIVERGENCES
 
 TEXT_ROLES = ("scratch", "kd", "gkd", "seqkd")
+
+
+def _known_names(values: list[str], known: Iterable[str], what: str) -> list[str]:
+    bad = [v for v in values if v not in known]
+    if bad:
+        raise ValueError(f"unknown {what} {bad}; choose from {', '.join(known)}")
+    return values
 
 
 class CorpusConfig(StrictModel):
@@ -97,10 +106,7 @@ class TextKDConfig(StrictModel):
     @field_validator("objectives")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        bad = [o for o in v if o not in DIVERGENCES]
-        if bad:
-            raise ValueError(f"unknown objective(s) {bad}; choose from {', '.join(DIVERGENCES)}")
-        return v
+        return _known_names(v, DIVERGENCES, "objective(s)")
 
 
 class GKDConfig(StrictModel):
@@ -144,17 +150,12 @@ class TextExperimentConfig(StrictModel):
     @field_validator("roles")
     @classmethod
     def _known_roles(cls, v: list[str]) -> list[str]:
-        bad = [r for r in v if r not in TEXT_ROLES]
-        if bad:
-            raise ValueError(f"unknown text role(s) {bad}; choose from {', '.join(TEXT_ROLES)}")
-        return v
+        return _known_names(v, TEXT_ROLES, "text role(s)")
 
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
-        if not v or len(set(v)) != len(v):
-            raise ValueError(f"give distinct seeds, got {v}")
-        return v
+        return check_seeds(v)
 
 
 def is_text_config(path: str | Path | None, overrides: list[str] | None = None) -> bool:

@@ -69,8 +69,9 @@ def stdlib_files(max_bytes: int | None = None) -> list[Path]:
     return files
 
 
-def corpus_files(paths: list[str], pattern: str = "*") -> list[Path]:
-    """Files named, or found (recursively, matching ``pattern``) under directories named; sorted."""
+def corpus_files(paths: list[str], pattern: str = "*", max_bytes: int | None = None) -> list[Path]:
+    """Files named, or found (recursively, matching ``pattern``) under directories named; sorted. With
+    ``max_bytes``, the leading files up to that many bytes (at least one)."""
     out: list[Path] = []
     for name in paths:
         p = Path(name).expanduser()
@@ -83,7 +84,15 @@ def corpus_files(paths: list[str], pattern: str = "*") -> list[Path]:
             out.append(p)
         else:
             raise TextError(f"corpus path {p}: no such file or directory")
-    return out
+    if max_bytes is None:
+        return out
+    kept, total = [], 0
+    for f in out:
+        total += f.stat().st_size
+        if total > max_bytes and kept:
+            break
+        kept.append(f)
+    return kept
 
 
 def read_corpus(

@@ -111,9 +111,8 @@ def build_hf(config: dict) -> HFCausalLM:
     return HFCausalLM(tf.AutoModelForCausalLM.from_config(cfg))
 
 
-def load_hf(path: str | Path) -> tuple[HFCausalLM, Any]:
-    """A causal LM and its tokenizer from a local directory; a missing piece is an error naming the directory."""
-    tf = require_transformers()
+def _model_dir(path: str | Path) -> Path:
+    """A local model directory with weights and a tokenizer, or an error naming the directory and what it lacks."""
     d = Path(path).expanduser()
     if not d.is_dir():
         raise TextError(f"model directory {d}: no such directory")
@@ -121,8 +120,20 @@ def load_hf(path: str | Path) -> tuple[HFCausalLM, Any]:
         raise TextError(f"model directory {d} has no weights (model.safetensors or pytorch_model.bin)")
     if not any((d / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
         raise TextError(f"model directory {d} has no tokenizer (tokenizer.json or tokenizer_config.json)")
-    model = tf.AutoModelForCausalLM.from_pretrained(d)
-    return HFCausalLM(model), tf.AutoTokenizer.from_pretrained(d)
+    return d
+
+
+def load_hf_tokenizer(path: str | Path) -> Any:
+    """The tokenizer of a model directory alone (tokenizing a corpus needs no weights)."""
+    tf = require_transformers()
+    return tf.AutoTokenizer.from_pretrained(_model_dir(path))
+
+
+def load_hf(path: str | Path) -> tuple[HFCausalLM, Any]:
+    """A causal LM and its tokenizer from a local directory; a missing piece is an error naming the directory."""
+    tf = require_transformers()
+    d = _model_dir(path)
+    return HFCausalLM(tf.AutoModelForCausalLM.from_pretrained(d)), tf.AutoTokenizer.from_pretrained(d)
 
 
 def save_hf(model: HFCausalLM, tokenizer: Any, path: str | Path) -> None:
