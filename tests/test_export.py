@@ -16,7 +16,7 @@ from torch import nn
 from kdistill.cli import main
 from kdistill.config import load_config
 from kdistill.experiment.run import run_experiment
-from kdistill.export import ExportError, _export_onnx, choose_student, export_run, load_exported
+from kdistill.export import ExportError, choose_student, export_onnx, export_run, load_exported
 from kdistill.io import CheckpointError, safe_load
 from kdistill.models import build_model
 
@@ -157,7 +157,7 @@ def test_real_unsupported_operator_is_named(tmp_path: Path) -> None:
             return torch.linalg.svdvals(x.view(x.shape[0], 2, 2))
 
     with pytest.raises(ExportError, match=r"failed at operator aten::linalg_svd"):
-        _export_onnx(SVD(), torch.randn(2, 4), tmp_path / "m.onnx", "kd-seed0")
+        export_onnx(SVD(), torch.randn(2, 4), tmp_path / "m.onnx", "kd-seed0")
 
 
 def test_onnx_that_differs_from_pytorch_is_refused(

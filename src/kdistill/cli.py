@@ -16,31 +16,39 @@ import yaml
 
 from kdistill import dist
 from kdistill.caches import CacheError
-from kdistill.config import ConfigError, load_config
+from kdistill.config import ConfigError, load_config, task_of
 from kdistill.data import DataError, load_data
 from kdistill.data.inspect import describe
 from kdistill.dist import DistError
+from kdistill.encoder.config import load_encoder_config
+from kdistill.experiment.encoder_run import run_encoder
 from kdistill.experiment.run import run_experiment
 from kdistill.experiment.sweep import run_sweep
 from kdistill.experiment.text_run import run_text
 from kdistill.export import DEFAULT_FORMATS, export_run
 from kdistill.io import CheckpointError
 from kdistill.models import build_model
+from kdistill.report.encoder import encoder_markdown
 from kdistill.report.figures import plot_decision_regions
 from kdistill.report.html import build_report
 from kdistill.report.summary import summary_markdown
 from kdistill.report.sweep import sweep_markdown
 from kdistill.report.text import text_markdown
 from kdistill.taps import format_layer_table, layer_table
-from kdistill.text.config import is_text_config, load_text_config
+from kdistill.text.config import load_text_config
 from kdistill.text.tokenizers import TextError
 from kdistill.toy import run_toy
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    if is_text_config(args.config, list(args.overrides)):  # task: text, a language-model run
+    task = task_of(args.config, list(args.overrides))
+    if task == "text":  # a language-model run
         summary = run_text(load_text_config(args.config, list(args.overrides)), smoke=args.smoke, resume=args.resume)
         print(text_markdown(summary).split("\n**")[0])
+        return 0
+    if task == "encoder":  # a sentence encoder made smaller
+        cfg = load_encoder_config(args.config, list(args.overrides))
+        print(encoder_markdown(run_encoder(cfg, smoke=args.smoke, resume=args.resume)), end="")
         return 0
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     cfg = load_config(args.config, overrides)

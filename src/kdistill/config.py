@@ -13,7 +13,7 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -76,6 +76,37 @@ class TrainConfig(StrictModel):
         if d["select"] == "acc":
             del d["select"]
         return d
+
+
+class PlainRunConfig(StrictModel):
+    """What every ``task:`` config (text, encoder) has besides its own sections: a name, seeds, threads and where
+    its run directory goes."""
+
+    name: str = "run"
+    description: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    threads: int | None = Field(None, ge=1)
+    output_dir: str = "runs"
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        return check_seeds(v)
+
+
+def step_train(steps: int, lr: float, eval_batch_size: int = 64) -> TrainConfig:
+    """A step-budgeted AdamW recipe (cosine schedule, batch 32, weight decay 0.01) selected on validation NLL:
+    the defaults of the language-model and sentence-encoder configs."""
+    return TrainConfig(
+        steps=steps,
+        batch_size=32,
+        optimizer="adamw",
+        lr=lr,
+        weight_decay=0.01,
+        schedule="cosine",
+        eval_batch_size=eval_batch_size,
+        select="nll",
+    )
 
 
 class FolderOptions(StrictModel):
@@ -617,6 +648,14 @@ def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML config (and its ``base``), apply dotted overrides, validate. Raises :class:`ConfigError`."""
+    return validate_file(config_schema(), path, overrides)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_file(schema: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
+    """``schema`` validated from a YAML file (or the defaults) with dotted overrides; errors name the file."""
     raw: Any = {}
     source = "defaults"
     if path is not None:
@@ -626,6 +665,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = apply_overrides(raw, overrides)
         source += " + overrides " + " ".join(overrides)
     try:
-        return config_schema().model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+
+
+def task_of(path: str | Path | None, overrides: list[str] | None = None) -> str | None:
+    """The ``task`` a config (with its overrides) asks for: ``text``, ``encoder``, or None (image classification)."""
+    raw: Any = read_yaml(Path(path)) if path is not None else {}
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return raw.get("task") if isinstance(raw, dict) else None

@@ -15,7 +15,7 @@ import io
 import math
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -27,17 +27,22 @@ from kdistill.models import count_params, module_device
 DEFAULT_BATCH_SIZES = (1, 64)
 
 
-def flops_per_sample(model: nn.Module, input_shape: Sequence[int]) -> int:
+MakeInput = Callable[[int, torch.Generator], torch.Tensor]
+
+
+def flops_per_sample(model: nn.Module, input_shape: Sequence[int], make_input: MakeInput | None = None) -> int:
     """FLOPs of one forward pass on one sample, counted by ``torch.utils.flop_counter``.
 
     One multiply-add is 2 FLOPs (a ``Linear(i, o)`` costs ``2 * i * o``). Only the operators torch
     counts (matmuls, convolutions, attention) are included: element-wise work (bias, BatchNorm,
-    ReLU, pooling) is not, as usual for FLOP figures.
+    ReLU, pooling) is not, as usual for FLOP figures. ``make_input(batch, generator)`` gives inputs of another
+    kind (token ids) instead of zeros of ``input_shape``.
     """
     was_training = model.training
     model.eval()
     try:
-        x = torch.zeros(1, *input_shape, device=module_device(model))
+        x = torch.zeros(1, *input_shape) if make_input is None else make_input(1, torch.Generator().manual_seed(0))
+        x = x.to(module_device(model))
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
         return int(counter.get_total_flops())
@@ -87,6 +92,7 @@ def measure_many(
     warmup: int = 5,
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     min_repeat_s: float = 0.005,
+    make_input: MakeInput | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Measure every model of ``models`` (name -> module) on inputs of shape ``(batch, *input_shape)``.
 
@@ -105,6 +111,8 @@ def measure_many(
     size so that it lasts at least ``min_repeat_s`` (short calls are below the timer's noise).
     ``torch.set_num_threads(threads)`` holds during the timings and is restored afterwards; the
     models' train/eval mode is restored too. Models on another device are timed as CPU copies.
+    ``make_input(batch, generator)`` gives the inputs when they are not float tensors of ``input_shape``
+    (a sentence encoder's token ids).
     """
     if not models:
         raise ValueError("measure_many: no models given")
@@ -118,13 +126,14 @@ def measure_many(
     figures: dict[str, dict[str, Any]] = {
         name: {
             "params": count_params(m),
-            "flops_per_sample": flops_per_sample(m, input_shape),
+            "flops_per_sample": flops_per_sample(m, input_shape, make_input),
             "weights_bytes": weights_bytes(m),
         }
         for name, m in cpu.items()
     }
     gen = torch.Generator().manual_seed(0)
-    inputs = {b: torch.randn(b, *input_shape, generator=gen) for b in batch_sizes}
+    make = make_input or (lambda b, g: torch.randn(b, *input_shape, generator=g))
+    inputs = {b: make(b, gen) for b in batch_sizes}
     modes = {name: m.training for name, m in cpu.items()}
     old_threads = torch.get_num_threads()
     calls: dict[tuple[str, int], int] = {}

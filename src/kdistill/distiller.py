@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from kdistill.augment import Augmenter
-from kdistill.data import Batch
+from kdistill.data import Batch, Split
 from kdistill.losses import cross_entropy, kd_loss_parts, label_smoothing_ce
+from kdistill.metrics import EvalResult
 from kdistill.taps import Tapped
 from kdistill.teacher import FrozenTeacher, OnlineTeacher, TeacherSource, check_layers
 from kdistill.terms import LOGITS, Term
@@ -57,6 +58,11 @@ class Objective(nn.Module):
     def extra_params(self) -> int:
         """Trainable parameters outside ``model`` (adapters, embedding heads): the price of the objective."""
         return 0
+
+    def validate(self, split: Split, batch_size: int) -> EvalResult | None:
+        """The validation figures that select the best epoch, when accuracy / NLL of ``model``'s outputs do not
+        apply (a sentence encoder has no labels); ``None``: the training loop evaluates ``model`` itself."""
+        return None
 
     def forward(self, batch: Batch) -> StepOutput:
         raise NotImplementedError

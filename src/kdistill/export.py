@@ -250,8 +250,8 @@ def _export_and_verify(
     if "safetensors" in fmts:
         verify["safetensors"] = _export_safetensors(model, tmp / FILES["safetensors"], manifest, x, reference)
     if "onnx" in fmts:
-        _export_onnx(model, x[:2], tmp / FILES["onnx"], name)
-        verify["onnx"] = _check_onnx(tmp / FILES["onnx"], x, reference, labels)
+        export_onnx(model, x[:2], tmp / FILES["onnx"], name)
+        verify["onnx"] = check_onnx(tmp / FILES["onnx"], x, reference, labels)
     if "torchscript" in fmts:
         verify["torchscript"] = _export_torchscript(model, x, tmp / FILES["torchscript"], reference, labels)
     verify["ok"] = all(verify[f]["ok"] for f in fmts)
@@ -383,7 +383,12 @@ def _export_safetensors(model: nn.Module, path: Path, manifest: dict, x: torch.T
     return _compare(out, reference, None)
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, name: str) -> None:
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: Path, name: str, dynamic: tuple[int, ...] = (0,)
+) -> None:
+    """Write ``model`` as ONNX (input ``input``, output ``logits``) and run onnx's checker; ``dynamic`` are the
+    input axes that may change size (the batch; a sequence model adds its tokens)."""
+    axes = {i: "batch" if i == 0 else f"dim{i}" for i in dynamic}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's own deprecation notice (see ONNX_EXPORTER)
@@ -395,7 +400,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, name: str)
                 opset_version=ONNX_OPSET,
                 input_names=["input"],
                 output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                dynamic_axes={"input": axes, "logits": {0: "batch"}},
             )
         import onnx
 
@@ -418,7 +423,8 @@ def _onnx_failure(e: BaseException, name: str) -> str:
     return f"ONNX export of {name} failed: {type(e).__name__}: {first}"
 
 
-def _check_onnx(path: Path, x: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor | None) -> dict:
+def check_onnx(path: Path, x: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    """Run the file in onnxruntime (1 thread) on ``x`` and on its first row alone; compare with ``reference``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -294,7 +294,9 @@ class _Fit:
         sums, correct, seen = dict(zip(keys, totals[:-2], strict=True)), totals[-2], totals[-1]
         n_rows = len(self.loader) * self.loader.batch_size if self.loader.drop_last else len(self.train)
         dist.sync_buffers(self.model)  # every rank evaluates rank 0's model: same numbers, same best epoch
-        v = evaluate(self.model, self.val, self.cfg.eval_batch_size)
+        v = self.objective.validate(self.val, self.cfg.eval_batch_size)
+        if v is None:
+            v = evaluate(self.model, self.val, self.cfg.eval_batch_size)
         row = {"epoch": epoch + 1, **{f"train_{k}": s / n_rows for k, s in sums.items()}}
         row["train_acc"] = correct / seen if seen else float("nan")
         row.update(v.as_dict("val"))

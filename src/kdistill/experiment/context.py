@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from kdistill import dist
-from kdistill.config import ExperimentConfig
+from kdistill.config import ExperimentConfig, config_diff
 from kdistill.data import DataBundle, load_data
 from kdistill.data.inspect import record
-from kdistill.io import atomic_write_text
+from kdistill.io import CheckpointError, atomic_write_text
 from kdistill.teacher import FrozenTeacher
 
 # A smoke run: the same pipeline on a few hundred samples for one epoch, in its own run directory.
@@ -131,3 +132,23 @@ def _load(cfg: ExperimentConfig, smoke: bool) -> DataBundle:
     for note in data.notes:
         log(f"data: {note}")
     return data
+
+
+def open_run_dir(cfg: Any, smoke: bool, resume: bool) -> tuple[Path, dict]:
+    """The run directory of a text or encoder config (``output_dir/name``, ``-smoke`` for smoke runs), created,
+    with the resolved config written to ``config.yaml``; ``resume`` first checks the saved config is the same
+    (``threads`` may differ). Sets the thread count. Returns the directory and the resolved config."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.output_dir) / (cfg.name + ("-smoke" if smoke else ""))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = cfg.model_dump(mode="json")
+    if resume:
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise CheckpointError(f"{run_dir} holds no run to resume; run without --resume")
+        diff = config_diff(yaml.safe_load(saved.read_text()), resolved, f"in {saved}", ignore=("threads",))
+        if diff:
+            raise CheckpointError(f"cannot resume {run_dir}: the config differs: " + "; ".join(diff))
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    return run_dir, resolved

@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from kdistill.caches import state_fingerprint
-from kdistill.config import config_diff
 from kdistill.data import Split
-from kdistill.experiment.context import log
-from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
+from kdistill.experiment.context import log, open_run_dir
+from kdistill.io import atomic_save, atomic_write_text, safe_load
 from kdistill.models import count_params
 from kdistill.plugins import import_callable
 from kdistill.report.text import write_text_summary
@@ -139,14 +137,7 @@ def describe(data: Any, corpus_cfg: Any) -> dict:
 
 
 def run_text(cfg: TextExperimentConfig, smoke: bool = False, resume: bool = False) -> dict:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    run_dir = Path(cfg.output_dir) / (cfg.name + ("-smoke" if smoke else ""))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = cfg.model_dump(mode="json")
-    if resume:
-        _check_resumable(run_dir, resolved)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    run_dir, _ = open_run_dir(cfg, smoke, resume)
     data, hf_tok = load_corpus_data(cfg, smoke)
     students = _transfer_set(data.train, cfg.kd.transfer_blocks)
     d = describe(data, cfg.corpus) | {"student_blocks": len(students)}
@@ -168,15 +159,6 @@ def run_text(cfg: TextExperimentConfig, smoke: bool = False, resume: bool = Fals
                 rows.append(_student(run, role, variant, seed, frozen, cache, seq_split))
     samples = _samples(run, teacher, rows)
     return write_text_summary(run_dir, cfg.model_dump(mode="json"), rows, d, samples, smoke)
-
-
-def _check_resumable(run_dir: Path, resolved: dict) -> None:
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise CheckpointError(f"{run_dir} holds no run to resume; run without --resume")
-    diff = config_diff(yaml.safe_load(saved.read_text()), resolved, f"in {saved}", ignore=("threads",))
-    if diff:
-        raise CheckpointError(f"cannot resume {run_dir}: the config differs: " + "; ".join(diff))
 
 
 def _train_cfg(run: TextRun, teacher: bool):  # noqa: ANN202 - a TrainConfig

@@ -1,7 +1,15 @@
 """Pure loss functions (tensors in, scalar tensor out); :class:`ContrastMemory` is CRD's one stateful piece."""
 
 from kdistill.losses.contrastive import ContrastMemory, crd_loss, crd_nce_loss
-from kdistill.losses.encoder import embedding_cosine_loss, embedding_mse, mean_pool, minilm_relation_loss
+from kdistill.losses.encoder import (
+    embedding_cosine_loss,
+    embedding_mse,
+    info_nce,
+    masked_mse,
+    mean_pool,
+    minilm_relation_loss,
+    split_heads,
+)
 from kdistill.losses.features import attention_map, attention_transfer_loss, hint_loss
 from kdistill.losses.logits import (
     cross_entropy,
@@ -28,14 +36,17 @@ __all__ = [
     "embedding_cosine_loss",
     "embedding_mse",
     "hint_loss",
+    "info_nce",
     "kd_loss",
     "kd_loss_parts",
     "label_smoothing_ce",
+    "masked_mse",
     "mean_pool",
     "minilm_relation_loss",
     "pkt_loss",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "similarity_preserving_loss",
+    "split_heads",
     "soft_target_kl",
 ]

@@ -9,6 +9,10 @@
   value relation ``softmax(v v^T / sqrt(d))`` of the last layer, teacher against student with a KL per query
   row. Rows are ``L x L`` per head, so the head dimension ``d`` may differ between the models; the number of
   heads must agree. Padded keys get no probability and padded query rows are not averaged.
+  :func:`split_heads` cuts ``[B, L, D]`` projections into ``H`` relation heads (MiniLMv2: the number of
+  relation heads is chosen, not the models', so a narrower student with other heads can still be compared).
+- :func:`masked_mse`: token states of one layer, student (after its adapter) against teacher, padding left out.
+- :func:`info_nce`: SimCSE's contrastive loss between two views of a batch (the no-teacher baseline).
 """
 
 from __future__ import annotations
@@ -94,3 +98,32 @@ def minilm_relation_loss(
     attention = relation_kl(self_relation(tq, tk, mask), self_relation(sq, sk, mask), mask)
     values = relation_kl(self_relation(tv, tv, mask), self_relation(sv, sv, mask), mask)
     return attention + values
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[B, L, D]`` -> ``[B, H, L, D / H]`` (the layout of multi-head attention's projections)."""
+    B, L, D = x.shape
+    if D % heads:
+        raise ValueError(f"cannot split width {D} into {heads} heads")
+    return x.view(B, L, heads, D // heads).transpose(1, 2)
+
+
+def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of ``[B, L, D]`` token states over the positions where ``mask`` is 1."""
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student states {tuple(student.shape)} and teacher states {tuple(teacher.shape)} differ; an adapter "
+            "maps the student's width to the teacher's"
+        )
+    keep = mask.to(torch.bool)
+    if not bool(keep.any()):
+        return student.sum() * 0.0
+    return F.mse_loss(student[keep], teacher.detach()[keep])
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """Cross-entropy of each row of ``a`` picking its own row of ``b`` among all rows of ``b`` by cosine / T."""
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(f"info_nce needs two [B, D] views of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    sim = F.cosine_similarity(a.unsqueeze(1), b.unsqueeze(0), dim=-1) / temperature
+    return F.cross_entropy(sim, torch.arange(len(a), device=a.device))

@@ -5,14 +5,12 @@ tokens per second, and every model's continuation of the same prompts. Reads pla
 from __future__ import annotations
 
 import html
-import json
 import math
 import statistics
 from pathlib import Path
 
-from kdistill.environment import environment, machine_line
-from kdistill.io import atomic_write_text
-from kdistill.report.summary import run_command
+from kdistill.environment import machine_line
+from kdistill.report.page import html_page, html_table, md_heading, md_table, write_pages
 
 
 def model_name(row: dict) -> str:
@@ -88,12 +86,7 @@ def text_table(agg: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
 
 def text_markdown(summary: dict) -> str:
     cfg, agg, d = summary["config"], summary["aggregate"], summary["data"]
-    title = f"# {cfg['name']}" + (
-        " (smoke run: a few blocks and steps, numbers meaningless)" if summary["smoke"] else ""
-    )
-    lines = [title, ""]
-    if cfg.get("description"):
-        lines += [cfg["description"].strip(), ""]
+    lines = md_heading(summary, "blocks")
     lines += [
         f"Corpus {d['source']}: {d['tokenizer']} tokens (vocabulary {d['vocab_size']}), blocks of {d['block']}; "
         f"train {d['tokens']['train']:,} tokens, validation {d['tokens']['val']:,}, test {d['tokens']['test']:,} "
@@ -102,8 +95,7 @@ def text_markdown(summary: dict) -> str:
         "",
     ]
     head, rows = text_table(agg)
-    lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += md_table(head, rows)
     best = summary.get("best")
     if best:
         a = agg[best]
@@ -128,9 +120,7 @@ def text_markdown(summary: dict) -> str:
 
 def text_html(summary: dict) -> str:
     head, rows = text_table(summary["aggregate"])
-    table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
-    parts = [f"<h1>{html.escape(summary['config']['name'])}</h1>", table]
+    parts = [f"<h1>{html.escape(summary['config']['name'])}</h1>", html_table(head, rows)]
     samples = summary.get("samples", {})
     if samples:
         parts.append("<h2>The same prompts, continued by each model (prompt, then ⟨continuation⟩)</h2>")
@@ -141,28 +131,13 @@ def text_html(summary: dict) -> str:
             for p, t in zip(samples["prompt"], texts, strict=True):
                 parts.append(f"<pre>{html.escape(p)}<b>⟨{html.escape(t)}⟩</b></pre>")  # prompt, then continuation
     parts.append(f"<p>Reproduce: <code>{html.escape(summary['command'])}</code></p>")
-    css = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-    css += "td,th{padding:3px 8px;border-bottom:1px solid #ddd}"
-    head = f'<!doctype html><html><head><meta charset="utf-8"><style>{css}</style></head>'
-    return f"{head}<body>{''.join(parts)}</body></html>\n"
+    return html_page(parts)
 
 
 def write_text_summary(
     run_dir: Path, cfg: dict, rows: list[dict], data: dict, samples: dict[str, list[str]], smoke: bool
 ) -> dict:
     agg = aggregate_text(rows)
-    summary = {
-        "config": cfg,
-        "smoke": smoke,
-        "data": data,
-        "rows": rows,
-        "aggregate": agg,
-        "best": best_objective(agg),
-        "samples": samples,
-        "command": run_command(cfg["name"]),
-        "environment": environment(),
-    }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(run_dir / "summary.md", text_markdown(summary))
-    atomic_write_text(run_dir / "report.html", text_html(summary))
-    return summary
+    summary = {"config": cfg, "smoke": smoke, "data": data, "rows": rows, "aggregate": agg}
+    summary |= {"best": best_objective(agg), "samples": samples}
+    return write_pages(run_dir, summary, text_markdown, text_html)

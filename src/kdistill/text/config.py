@@ -7,17 +7,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from kdistill.config import (
-    ConfigError,
-    StrictModel,
-    TrainConfig,
-    apply_overrides,
-    check_seeds,
-    format_validation_error,
-    read_yaml,
-)
+from kdistill.config import PlainRunConfig, StrictModel, TrainConfig, step_train, validate_file
 from kdistill.losses.text import DIVERGENCES
 
 TEXT_ROLES = ("scratch", "kd", "gkd", "seqkd")
@@ -75,16 +67,7 @@ class TextStudent(StrictModel):
 
 
 def _lm_train(steps: int) -> TrainConfig:
-    return TrainConfig(
-        steps=steps,
-        batch_size=32,
-        optimizer="adamw",
-        lr=3e-3,
-        weight_decay=0.01,
-        schedule="cosine",
-        eval_batch_size=64,
-        select="nll",
-    )
+    return step_train(steps, 3e-3)
 
 
 class TextKDConfig(StrictModel):
@@ -131,13 +114,9 @@ class SamplesConfig(StrictModel):
     new_tokens: int = Field(64, ge=1)
 
 
-class TextExperimentConfig(StrictModel):
+class TextExperimentConfig(PlainRunConfig):
     task: Literal["text"] = "text"
     name: str = "text"
-    description: str = ""
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    threads: int | None = Field(None, ge=1)
-    output_dir: str = "runs"
     roles: list[str] = Field(default_factory=lambda: ["scratch", "kd"])
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     teacher: TextTeacher = Field(default_factory=TextTeacher)
@@ -152,27 +131,6 @@ class TextExperimentConfig(StrictModel):
     def _known_roles(cls, v: list[str]) -> list[str]:
         return _known_names(v, TEXT_ROLES, "text role(s)")
 
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, v: list[int]) -> list[int]:
-        return check_seeds(v)
-
-
-def is_text_config(path: str | Path | None, overrides: list[str] | None = None) -> bool:
-    """Whether a config (with its overrides) asks for a language-model run (``task: text``)."""
-    raw: Any = read_yaml(Path(path)) if path is not None else {}
-    if overrides:
-        raw = apply_overrides(raw, overrides)
-    return isinstance(raw, dict) and raw.get("task") == "text"
-
 
 def load_text_config(path: str | Path | None, overrides: list[str] | None = None) -> TextExperimentConfig:
-    raw: Any = read_yaml(Path(path)) if path is not None else {}
-    source = str(path) if path is not None else "defaults"
-    if overrides:
-        raw = apply_overrides(raw, overrides)
-        source += " + overrides " + " ".join(overrides)
-    try:
-        return TextExperimentConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+    return validate_file(TextExperimentConfig, path, overrides)

@@ -30,6 +30,7 @@ def require_transformers() -> Any:
         import transformers
     except ImportError:
         raise TextError(EXTRA) from None
+    transformers.utils.logging.disable_progress_bar()  # a bar per weight file load and save buries kdistill's log
     return transformers
 
 

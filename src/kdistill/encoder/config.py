@@ -1,0 +1,119 @@
+"""The config of a sentence-encoder run (``task: encoder``): validated like every other config (unknown keys are
+errors with a suggestion, dotted overrides on the command line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from kdistill.config import PlainRunConfig, StrictModel, TrainConfig, step_train, validate_file
+from kdistill.encoder.models import PACKAGE_PATH
+
+
+class SentenceConfig(StrictModel):
+    source: Literal["stdlib", "files"] = Field(
+        "stdlib", description="stdlib: docstrings of the Python standard library; files: sentences.paths"
+    )
+    paths: list[str] = Field(default_factory=list, description="files or directories (source: files)")
+    pattern: str = "*"
+    separator: str | None = Field(None, description="a regular expression between documents inside a file")
+    min_words: int = Field(4, ge=1)
+    max_words: int | None = Field(64, ge=1, description="longer sentences are dropped (null keeps them)")
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    limit: int | None = Field(None, ge=2, description="training sentences kept (null: all)")
+    max_length: int = Field(128, ge=4, description="tokens per sentence; longer ones are truncated and counted")
+
+
+class TeacherSpec(StrictModel):
+    path: str = Field(PACKAGE_PATH, description=f"a transformers model directory, or {PACKAGE_PATH}")
+
+
+class StudentSpec(StrictModel):
+    """A student from the teacher's config (``layers``, ``hidden``, ``heads``, ``intermediate``, ``init``), from a
+    config dict of any ``transformers`` encoder (``kwargs`` with ``model_type``; it reads the teacher's tokens) or
+    from its own directory (``path``, with its own tokenizer)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="names its directories: letters, digits, _ . -")
+    layers: int | None = Field(None, ge=1)
+    hidden: int | None = Field(None, ge=8, description="null: the teacher's width")
+    heads: int | None = Field(None, ge=1)
+    intermediate: int | None = Field(None, ge=8)
+    init: Literal["copy", "random"] = Field(
+        "copy", description="copy: the teacher's embeddings (projected when narrower) and layers (same width)"
+    )
+    copy_layers: list[int] | None = Field(None, description="teacher layers copied (null: evenly spaced)")
+    path: str | None = Field(None, description="a transformers encoder directory instead of a shrunk teacher")
+    kwargs: dict[str, Any] | None = Field(
+        None, description="a transformers config dict (model_type: bert, distilbert, ...), randomly initialised"
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> StudentSpec:
+        given = [k for k in ("layers", "path", "kwargs") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"student {self.name!r}: give exactly one of layers (a shrunk teacher), path (a directory) or kwargs "
+                f"(a config dict); got {given or 'none'}"
+            )
+        return self
+
+
+class DistillConfig(StrictModel):
+    cosine: float = Field(1.0, ge=0, description="weight of 1 - cos(student, teacher) of the sentence embedding")
+    mse: float = Field(0.0, ge=0, description="weight of the MSE of the sentence embeddings")
+    hidden: list[tuple[str, str]] = Field(
+        default_factory=list, description="(student layer, teacher layer) pairs by dotted name: token-state MSE"
+    )
+    hidden_weight: float = Field(1.0, ge=0)
+    relations: float = Field(0.0, ge=0, description="weight of MiniLM's attention + value relation KL")
+    relation_layers: tuple[str, str] | None = Field(
+        None, description="(student, teacher) attention modules holding query/key/value (null: the last layers')"
+    )
+    relation_heads: int | None = Field(None, ge=1, description="relation heads (null: the teacher's heads)")
+    retokenize: bool = Field(
+        False, description="a student with its own tokenizer: tokenize the sentences once per model (embeddings only)"
+    )
+
+
+class ScratchConfig(StrictModel):
+    temperature: float = Field(0.05, gt=0, description="SimCSE's temperature")
+
+
+class EvalConfig(StrictModel):
+    queries: int = Field(500, ge=1, description="test sentences whose neighbours are compared")
+    k: int = Field(10, ge=1, description="neighbours compared per query")
+    latency_tokens: int | None = Field(None, ge=2, description="tokens per timed sentence (null: the test median)")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+    repeats: int = Field(20, ge=1)
+    onnx: bool = Field(True, description="export the first seed's kd students as ONNX and check them in onnxruntime")
+
+
+class EncoderExperimentConfig(PlainRunConfig):
+    task: Literal["encoder"] = "encoder"
+    name: str = "encoder"
+    roles: list[Literal["init", "scratch", "kd"]] = Field(
+        default_factory=lambda: ["init", "scratch", "kd"],
+        description="init: the student as initialised; scratch: SimCSE without the teacher; kd: distilled",
+    )
+    sentences: SentenceConfig = Field(default_factory=SentenceConfig)
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    students: list[StudentSpec] = Field(default_factory=lambda: [StudentSpec(name="L3", layers=3)])
+    train: TrainConfig = Field(default_factory=lambda: step_train(1000, 1e-3, 128))
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    scratch: ScratchConfig = Field(default_factory=ScratchConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("students")
+    @classmethod
+    def _names(cls, v: list[StudentSpec]) -> list[StudentSpec]:
+        names = [s.name for s in v]
+        if len(set(names)) != len(names) or not v:
+            raise ValueError(f"students need distinct names (got {names})")
+        return v
+
+
+def load_encoder_config(path: str | Path | None, overrides: list[str] | None = None) -> EncoderExperimentConfig:
+    return validate_file(EncoderExperimentConfig, path, overrides)

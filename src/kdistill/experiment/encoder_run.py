@@ -1,0 +1,348 @@
+"""``kdistill run`` of a ``task: encoder`` config: a pretrained sentence encoder (the teacher, frozen) -> its
+embeddings of every sentence, cached -> for every student size and seed: the student as initialised (``init``),
+trained without the teacher (``scratch``: SimCSE on the same sentences, same steps, same initialisation) and
+distilled (``kd``) -> mean cosine and neighbour agreement with the teacher on held-out sentences -> params,
+FLOPs and CPU latency of the teacher and the students, timed together -> ONNX export with an onnxruntime
+parity check -> summary, report. The run directory::
+
+    config.yaml, data.json        the resolved config; sentences per split, truncations, tokenizer
+    _teacher_cache/<key>.pt       the teacher's embeddings of train / validation / test
+    <student>-<role>-seed<k>/     metrics.jsonl, last.pt, best.pt, row.json, hf/ (save_pretrained + tokenizer +
+                                  sentence-transformers module files)
+    export/<student>/student.onnx the first seed's kd student, checked in onnxruntime
+    summary.json, summary.md, report.html
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdistill.caches import state_fingerprint
+from kdistill.deploy import measure_many
+from kdistill.encoder.config import EncoderExperimentConfig, StudentSpec
+from kdistill.encoder.evaluate import embed, linear_map, mean_cosine, neighbour_agreement
+from kdistill.encoder.models import (
+    SentenceEncoder,
+    build_encoder,
+    layer_count,
+    load_encoder,
+    save_encoder,
+    shrink,
+)
+from kdistill.encoder.objectives import ContrastiveScratch, EncoderDistiller
+from kdistill.encoder.sentences import SPLITS, TokenizedSplit, read_sentences, tokenize
+from kdistill.experiment.context import log, open_run_dir
+from kdistill.export import check_onnx, export_onnx
+from kdistill.io import atomic_save, atomic_write_text, safe_load
+from kdistill.models import count_params
+from kdistill.report.encoder import write_encoder_summary
+from kdistill.teacher import FrozenTeacher
+from kdistill.text.tokenizers import TextError
+from kdistill.trainer import fit
+
+SMOKE = {"train": 48, "val": 8, "test": 24, "steps": 3, "queries": 8, "k": 3, "repeats": 2}
+
+
+@dataclass
+class Tokens:
+    """The sentences of every split as one tokenizer's ids."""
+
+    splits: dict[str, TokenizedSplit]
+    tokenizer: Any
+
+    def __getitem__(self, split: str) -> TokenizedSplit:
+        return self.splits[split]
+
+
+@dataclass
+class EncoderRun:
+    cfg: EncoderExperimentConfig
+    smoke: bool
+    resume: bool
+    run_dir: Path
+    sentences: dict[str, list[str]]
+    teacher: SentenceEncoder
+    tokens: Tokens  # the teacher's tokenization
+    cache: dict[str, torch.Tensor]  # the teacher's embeddings per split
+    max_length: int
+
+
+def run_encoder(cfg: EncoderExperimentConfig, smoke: bool = False, resume: bool = False) -> dict:
+    run_dir, resolved = open_run_dir(cfg, smoke, resume)
+
+    teacher, tok, tdir = load_encoder(cfg.teacher.path)
+    teacher.eval()
+    log(f"teacher: {tdir} ({count_params(teacher):,} parameters, {layer_count(teacher)} layers × {teacher.width})")
+    sentences = _sentences(cfg, smoke)
+    max_length = min(cfg.sentences.max_length, int(teacher.hf.config.max_position_embeddings))
+    tokens = Tokens({s: tokenize(tok, sentences[s], max_length) for s in SPLITS}, tok)
+    data = _describe(cfg, sentences, tokens, tdir, max_length)
+    atomic_write_text(run_dir / "data.json", json.dumps(data, indent=1) + "\n")
+    log(f"sentences: {data['sentences']}; truncated at {max_length} tokens: {data['truncated']}")
+    run = EncoderRun(cfg, smoke, resume, run_dir, sentences, teacher, tokens, {}, max_length)
+    run.cache = _teacher_cache(run)
+
+    rows = [_teacher_row(run)]
+    students: dict[str, SentenceEncoder] = {}
+    for spec in cfg.students:
+        for seed in cfg.seeds:
+            for role in cfg.roles:
+                row, model = _student(run, spec, role, seed)
+                rows.append(row)
+                if seed == cfg.seeds[0] and (role == "kd" or spec.name not in students):
+                    students[spec.name] = model  # what is timed and exported: kd when trained, else as it is
+    deploy = _deploy(run, students)
+    exports = _export(run, students) if cfg.eval.onnx and "kd" in cfg.roles else {}
+    return write_encoder_summary(run_dir, resolved, rows, data, deploy, exports, smoke)
+
+
+def _sentences(cfg: EncoderExperimentConfig, smoke: bool) -> dict[str, list[str]]:
+    s = cfg.sentences
+    read = read_sentences(
+        s.source,
+        s.paths,
+        s.pattern,
+        s.separator,
+        min_words=s.min_words,
+        max_words=s.max_words,
+        val_fraction=s.val_fraction,
+        test_fraction=s.test_fraction,
+        limit=s.limit,
+    )
+    if smoke:
+        return {k: v[: SMOKE[k]] for k, v in read.text.items()}
+    return read.text
+
+
+def _describe(
+    cfg: EncoderExperimentConfig, sentences: dict[str, list[str]], tokens: Tokens, tdir: Path, max_length: int
+) -> dict:
+    return {
+        "source": cfg.sentences.source,
+        "sentences": {s: len(sentences[s]) for s in SPLITS},
+        "truncated": {s: tokens[s].truncated for s in SPLITS},
+        "max_length": max_length,
+        "median_tokens": {s: float(tokens[s].lengths.float().median()) for s in SPLITS},
+        "tokenizer": type(tokens.tokenizer).__name__,
+        "vocab_size": len(tokens.tokenizer),
+        "teacher_dir": str(tdir),
+        "fingerprint": _fingerprint(tokens),
+    }
+
+
+def _teacher_cache(run: EncoderRun) -> dict[str, torch.Tensor]:
+    """The teacher's embeddings of every split, computed once and kept under the run directory."""
+    key = hashlib.sha256(
+        f"{run.tokens['train'].split.x.shape}-{_fingerprint(run.tokens)}-{state_fingerprint(run.teacher)}".encode()
+    ).hexdigest()[:16]
+    path = run.run_dir / "_teacher_cache" / f"{key}.pt"
+    if path.is_file():
+        return safe_load(path)
+    t0 = time.perf_counter()
+    cache = {s: embed(run.teacher, run.tokens[s].split, run.teacher.pad_id) for s in SPLITS}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(cache, path)
+    n = sum(len(v) for v in cache.values())
+    log(f"teacher: {n:,} sentence embeddings cached in {time.perf_counter() - t0:.1f}s")
+    return cache
+
+
+def _fingerprint(tokens: Tokens) -> str:
+    h = hashlib.sha256()
+    for s in SPLITS:
+        h.update(tokens[s].split.x.numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def _teacher_row(run: EncoderRun) -> dict:
+    return {
+        "student": "teacher",
+        "role": "teacher",
+        "seed": 0,
+        "params": count_params(run.teacher),
+        "layers": layer_count(run.teacher),
+        "width": run.teacher.width,
+        "cos": 1.0,
+        "cos_map": 1.0,
+        "agreement": 1.0,
+    }
+
+
+# ----------------------------------------------------------------------------- students
+
+
+def build_student(run: EncoderRun, spec: StudentSpec) -> tuple[SentenceEncoder, Tokens]:
+    """The student as its spec says, and the tokens it reads (the teacher's, unless it has its own tokenizer)."""
+    if spec.kwargs is not None:
+        config = {"vocab_size": len(run.tokens.tokenizer), "pad_token_id": run.teacher.pad_id, **spec.kwargs}
+        return build_encoder(config, run.teacher.pad_id, run.teacher.normalize), run.tokens
+    if spec.path is None:
+        student = shrink(
+            run.teacher, spec.layers, spec.hidden, spec.heads, spec.intermediate, spec.init, spec.copy_layers
+        )
+        return student, run.tokens
+    student, tok, _ = load_encoder(spec.path)
+    if tok.get_vocab() == run.tokens.tokenizer.get_vocab():
+        return student, run.tokens
+    t_name = getattr(run.tokens.tokenizer, "name_or_path", "?")
+    s_name = getattr(tok, "name_or_path", "?")
+    d = run.cfg.distill
+    if not d.retokenize:
+        raise TextError(
+            f"teacher tokenizer {t_name!r} ({len(run.tokens.tokenizer):,} tokens) and student {spec.name!r} tokenizer "
+            f"{s_name!r} ({len(tok):,} tokens) differ: token-level terms need one tokenization. Give the student the "
+            "teacher's tokenizer, or set distill.retokenize: true to tokenize the sentences once per model "
+            "(sentence embeddings only)"
+        )
+    if d.hidden or d.relations > 0:
+        raise TextError(
+            f"student {spec.name!r} has its own tokenizer {s_name!r}: hidden-state and relation terms compare tokens "
+            "and need the teacher's tokenizer; with distill.retokenize use the embedding terms (cosine, mse) only"
+        )
+    tokens = Tokens({s: tokenize(tok, run.sentences[s], run.max_length) for s in SPLITS}, tok)
+    return student, tokens
+
+
+def _student(run: EncoderRun, spec: StudentSpec, role: str, seed: int) -> tuple[dict, SentenceEncoder]:
+    cfg = run.cfg
+    name = f"{spec.name}-{role}-seed{seed}"
+    out = run.run_dir / name
+    torch.manual_seed(seed)
+    student, tokens = build_student(run, spec)
+    if role == "kd" and student.dim != run.teacher.dim:
+        student.head = nn.Linear(student.width, run.teacher.dim)  # into the teacher's space (saved as 2_Dense)
+    if run.resume and (out / "row.json").is_file():
+        log(f"{name}: finished before the interruption, kept")
+        student.load_state_dict(safe_load(out / "weights.pt"))
+        return json.loads((out / "row.json").read_text()), student
+    tc = cfg.train
+    if run.smoke:
+        tc = tc.model_copy(update={"steps": SMOKE["steps"], "batch_size": 8, "eval_batch_size": 8})
+    seconds, steps, best = 0.0, 0, 0
+    if role != "init":
+        objective = _objective(run, student, role)
+        res = fit(
+            objective,
+            tokens["train"].split,
+            tokens["val"].split,
+            tc,
+            seed=seed,
+            out_dir=out,
+            desc=name,
+            resume=run.resume,
+        )
+        seconds, steps, best = res.train_seconds, res.steps, res.best_epoch
+    save_encoder(student, tokens.tokenizer, out / "hf", run.max_length)
+    atomic_save(student.state_dict(), out / "weights.pt")
+    row = {
+        "student": spec.name,
+        "role": role,
+        "seed": seed,
+        "params": count_params(student),
+        "layers": layer_count(student),
+        "width": student.width,
+        **_scores(run, student, tokens),
+        "train_seconds": seconds,
+        "steps": steps,
+        "best_epoch": best,
+    }
+    atomic_write_text(out / "row.json", json.dumps(row) + "\n")
+    log(f"{name}: cosine {_f(row['cos'])} (linear map {row['cos_map']:.4f}), neighbours {row['agreement']:.3f}")
+    return row, student
+
+
+def _f(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def _objective(run: EncoderRun, student: SentenceEncoder, role: str) -> nn.Module:
+    if role == "scratch":
+        return ContrastiveScratch(student, run.cfg.scratch.temperature)
+    d = run.cfg.distill
+    rel = d.relation_layers
+    if d.relations > 0 and rel is None:
+        last_s, last_t = layer_count(student) - 1, layer_count(run.teacher) - 1
+        rel = (f"encoder.layer.{last_s}.attention.self", f"encoder.layer.{last_t}.attention.self")
+    return EncoderDistiller(
+        student,
+        FrozenTeacher(run.teacher),
+        cache=run.cache["train"],
+        val_cache=run.cache["val"],
+        cosine=d.cosine,
+        mse=d.mse,
+        hidden=[tuple(p) for p in d.hidden],
+        hidden_weight=d.hidden_weight,
+        relations=d.relations,
+        relation_layers=rel,
+        relation_heads=d.relation_heads,
+    )
+
+
+def _scores(run: EncoderRun, student: SentenceEncoder, tokens: Tokens) -> dict:
+    """Cosine with the teacher on the test sentences (in the student's own space when it is the teacher's, and
+    through a least-squares map fitted on the training sentences), and neighbour agreement."""
+    queries, k = (SMOKE["queries"], SMOKE["k"]) if run.smoke else (run.cfg.eval.queries, run.cfg.eval.k)
+    test = embed(student, tokens["test"].split, student.pad_id)
+    t_test = run.cache["test"]
+    train = embed(student, tokens["train"].split, student.pad_id)
+    mapped = nn.functional.normalize(linear_map(train, run.cache["train"])(test).detach(), dim=-1)
+    return {
+        "cos": mean_cosine(test, t_test) if test.shape == t_test.shape else None,
+        "cos_map": mean_cosine(mapped, t_test),
+        "agreement": neighbour_agreement(test, t_test, queries, min(k, len(t_test) - 1)),
+    }
+
+
+# ----------------------------------------------------------------------------- deployment
+
+
+def _deploy(run: EncoderRun, students: dict[str, SentenceEncoder]) -> dict:
+    """Params, FLOPs and CPU latency (1 thread) of the teacher and each student, timed together."""
+    e = run.cfg.eval
+    L = e.latency_tokens or max(2, round(statistics.median(run.tokens["test"].lengths.tolist())))
+    vocab = int(run.teacher.hf.config.vocab_size)
+    lo = min(1000, vocab // 2)  # ordinary word pieces, never padding or special tokens
+
+    def ids(b: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randint(lo, vocab, (b, L), generator=g)
+
+    models = {"teacher": run.teacher, **students}
+    t0 = time.perf_counter()
+    figures = measure_many(
+        models,
+        (L,),
+        threads=1,
+        repeats=SMOKE["repeats"] if run.smoke else e.repeats,
+        batch_sizes=e.batch_sizes,
+        make_input=ids,
+    )
+    log(
+        f"deploy: {len(models)} models timed at {L} tokens, batches {e.batch_sizes}, in {time.perf_counter() - t0:.0f}s"
+    )
+    return {"tokens": L, "figures": figures}
+
+
+def _export(run: EncoderRun, students: dict[str, SentenceEncoder]) -> dict:
+    """ONNX of each first-seed kd student (one input: token ids, batch and length dynamic), checked against
+    PyTorch in onnxruntime on test sentences."""
+    results = {}
+    x = run.tokens["test"].split.x[:16]
+    for name, model in students.items():
+        path = run.run_dir / "export" / name / "student.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.eval()
+        with torch.no_grad():
+            reference = model(x)
+        export_onnx(model, x[:2], path, name, dynamic=(0, 1))
+        results[name] = {"path": str(path.relative_to(run.run_dir)), **check_onnx(path, x, reference, None)}
+        log(f"export: {path} (max |difference| {results[name]['max_abs_diff']:.2e} in onnxruntime)")
+    return results

