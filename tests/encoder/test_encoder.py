@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdistill.config import ConfigError
+from kdistill.encoder.config import load_encoder_config
 from kdistill.encoder.evaluate import linear_map, mean_cosine, neighbour_agreement
 from kdistill.encoder.models import load_encoder, package_model_dir, save_encoder, shrink
 from kdistill.encoder.objectives import ContrastiveScratch, EncoderDistiller
@@ -109,6 +111,14 @@ def test_read_sentences_splits_by_hash_and_rejects_a_tiny_corpus(corpus: Path, t
     assert len(read_sentences("stdlib").text["test"]) > 1000  # the shipped config's corpus: real docstrings
 
 
+def test_a_student_may_change_the_train_section() -> None:
+    cfg = load_encoder_config(CONFIG, ["students=[{name: a, layers: 2, train: {lr: 0.5}}, {name: b, layers: 1}]"])
+    assert cfg.train_for(cfg.students[0]).lr == 0.5
+    assert cfg.train_for(cfg.students[1]) == cfg.train
+    with pytest.raises(ConfigError, match=r"student 'a': train.lrr: Extra inputs are not permitted"):
+        load_encoder_config(CONFIG, ["students=[{name: a, layers: 2, train: {lrr: 0.5}}]"])
+
+
 # ----------------------------------------------------------------------------- models and objectives
 
 
@@ -157,7 +167,7 @@ def test_teacher_stays_frozen_and_relations_leave_padding_out(tiny_dir: Path) ->
         for s in (short, long)
     ]
     n = (ids != 0).sum(1).float()
-    assert float(loss) == pytest.approx(float((n[0] * alone[0] + n[1] * alone[1]) / n.sum()), rel=1e-3)
+    assert float(loss.detach()) == pytest.approx(float((n[0] * alone[0] + n[1] * alone[1]) / n.sum()), rel=1e-3)
     # on the right heads: the teacher's query of relation head 1 is its columns 16..31
     with torch.no_grad():
         mask = (ids != 0).long()
@@ -237,6 +247,7 @@ def _overrides(tmp_path: Path, tiny_dir: Path, corpus: Path, *extra: str) -> lis
         "sentences.max_length=16",
         "students=[{name: L1, layers: 1, init: copy}, {name: N1, layers: 1, hidden: 16, heads: 2, init: copy}]",
         "seeds=[0,1]",
+        "roles=[init,scratch,kd]",
         "eval.repeats=2",
         f"output_dir={tmp_path}",
         *extra,

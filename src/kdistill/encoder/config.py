@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from kdistill.config import PlainRunConfig, StrictModel, TrainConfig, step_train, validate_file
 from kdistill.encoder.models import PACKAGE_PATH
@@ -48,6 +48,9 @@ class StudentSpec(StrictModel):
     path: str | None = Field(None, description="a transformers encoder directory instead of a shrunk teacher")
     kwargs: dict[str, Any] | None = Field(
         None, description="a transformers config dict (model_type: bert, distilbert, ...), randomly initialised"
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="this student's changes to the run's train section (e.g. {lr: 0.001})"
     )
 
     @model_validator(mode="after")
@@ -105,6 +108,21 @@ class EncoderExperimentConfig(PlainRunConfig):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     scratch: ScratchConfig = Field(default_factory=ScratchConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def train_for(self, student: StudentSpec) -> TrainConfig:
+        """The run's train section with the student's own changes."""
+        return TrainConfig.model_validate({**self.train.model_dump(), **student.train})
+
+    @model_validator(mode="after")
+    def _student_train(self) -> EncoderExperimentConfig:
+        for s in self.students:  # a bad key or value names the student, before any model is loaded
+            try:
+                self.train_for(s)
+            except ValidationError as e:
+                err = e.errors()[0]
+                where = ".".join(map(str, err["loc"]))
+                raise ValueError(f"student {s.name!r}: train.{where}: {err['msg']} (in {s.train})") from None
+        return self
 
     @field_validator("students")
     @classmethod

@@ -89,6 +89,7 @@ def run_encoder(cfg: EncoderExperimentConfig, smoke: bool = False, resume: bool 
     atomic_write_text(run_dir / "data.json", json.dumps(data, indent=1) + "\n")
     log(f"sentences: {data['sentences']}; truncated at {max_length} tokens: {data['truncated']}")
     run = EncoderRun(cfg, smoke, resume, run_dir, sentences, teacher, tokens, {}, max_length)
+    _check_students(run)
     run.cache = _teacher_cache(run)
 
     rows = [_teacher_row(run)]
@@ -212,19 +213,36 @@ def build_student(run: EncoderRun, spec: StudentSpec) -> tuple[SentenceEncoder, 
     return student, tokens
 
 
+def _into_teacher_space(run: EncoderRun, student: SentenceEncoder) -> SentenceEncoder:
+    """A kd student narrower than the teacher gets a linear head into its space (saved as ``2_Dense``)."""
+    if student.dim != run.teacher.dim:
+        student.head = nn.Linear(student.width, run.teacher.dim)
+    return student
+
+
+def _check_students(run: EncoderRun) -> None:
+    """Build every student and its distillation objective once, before the teacher's embeddings are computed: a
+    tokenizer that differs, a layer name that does not exist or widths that do not split into relation heads
+    are errors now, not after minutes of work."""
+    for spec in run.cfg.students:
+        student, _ = build_student(run, spec)
+        if "kd" in run.cfg.roles:
+            _objective(run, _into_teacher_space(run, student), "kd")
+
+
 def _student(run: EncoderRun, spec: StudentSpec, role: str, seed: int) -> tuple[dict, SentenceEncoder]:
     cfg = run.cfg
     name = f"{spec.name}-{role}-seed{seed}"
     out = run.run_dir / name
     torch.manual_seed(seed)
     student, tokens = build_student(run, spec)
-    if role == "kd" and student.dim != run.teacher.dim:
-        student.head = nn.Linear(student.width, run.teacher.dim)  # into the teacher's space (saved as 2_Dense)
+    if role == "kd":
+        _into_teacher_space(run, student)
     if run.resume and (out / "row.json").is_file():
         log(f"{name}: finished before the interruption, kept")
         student.load_state_dict(safe_load(out / "weights.pt"))
         return json.loads((out / "row.json").read_text()), student
-    tc = cfg.train
+    tc = cfg.train_for(spec)
     if run.smoke:
         tc = tc.model_copy(update={"steps": SMOKE["steps"], "batch_size": 8, "eval_batch_size": 8})
     seconds, steps, best = 0.0, 0, 0
@@ -275,8 +293,8 @@ def _objective(run: EncoderRun, student: SentenceEncoder, role: str) -> nn.Modul
     return EncoderDistiller(
         student,
         FrozenTeacher(run.teacher),
-        cache=run.cache["train"],
-        val_cache=run.cache["val"],
+        cache=run.cache.get("train"),  # none yet when the students are checked
+        val_cache=run.cache.get("val"),
         cosine=d.cosine,
         mse=d.mse,
         hidden=[tuple(p) for p in d.hidden],
