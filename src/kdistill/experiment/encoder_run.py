@@ -19,7 +19,7 @@ import hashlib
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class EncoderRun:
     tokens: Tokens  # the teacher's tokenization
     cache: dict[str, torch.Tensor]  # the teacher's embeddings per split
     max_length: int
+    student_tokens: dict[str, Tokens] = field(default_factory=dict)  # per student name: what it reads
 
 
 def run_encoder(cfg: EncoderExperimentConfig, smoke: bool = False, resume: bool = False) -> dict:
@@ -90,7 +91,7 @@ def run_encoder(cfg: EncoderExperimentConfig, smoke: bool = False, resume: bool 
     log(f"sentences: {data['sentences']}; truncated at {max_length} tokens: {data['truncated']}")
     run = EncoderRun(cfg, smoke, resume, run_dir, sentences, teacher, tokens, {}, max_length)
     _check_students(run)
-    run.cache = _teacher_cache(run)
+    run.cache = _teacher_cache(run, data["fingerprint"])
 
     rows = [_teacher_row(run)]
     students: dict[str, SentenceEncoder] = {}
@@ -140,11 +141,10 @@ def _describe(
     }
 
 
-def _teacher_cache(run: EncoderRun) -> dict[str, torch.Tensor]:
-    """The teacher's embeddings of every split, computed once and kept under the run directory."""
-    key = hashlib.sha256(
-        f"{run.tokens['train'].split.x.shape}-{_fingerprint(run.tokens)}-{state_fingerprint(run.teacher)}".encode()
-    ).hexdigest()[:16]
+def _teacher_cache(run: EncoderRun, fingerprint: str) -> dict[str, torch.Tensor]:
+    """The teacher's embeddings of every split (``fingerprint``: of its token ids), computed once and kept under
+    the run directory."""
+    key = hashlib.sha256(f"{fingerprint}-{state_fingerprint(run.teacher)}".encode()).hexdigest()[:16]
     path = run.run_dir / "_teacher_cache" / f"{key}.pt"
     if path.is_file():
         return safe_load(path)
@@ -182,18 +182,28 @@ def _teacher_row(run: EncoderRun) -> dict:
 
 
 def build_student(run: EncoderRun, spec: StudentSpec) -> tuple[SentenceEncoder, Tokens]:
-    """The student as its spec says, and the tokens it reads (the teacher's, unless it has its own tokenizer)."""
+    """The student as its spec says, and the tokens it reads: the teacher's, unless it has its own tokenizer;
+    kept in ``run.student_tokens`` so that the sentences are tokenized once per student."""
     if spec.kwargs is not None:
         config = {"vocab_size": len(run.tokens.tokenizer), "pad_token_id": run.teacher.pad_id, **spec.kwargs}
-        return build_encoder(config, run.teacher.pad_id, run.teacher.normalize), run.tokens
-    if spec.path is None:
+        student, tok = build_encoder(config, run.teacher.pad_id, run.teacher.normalize), run.tokens.tokenizer
+    elif spec.path is None:
         student = shrink(
             run.teacher, spec.layers, spec.hidden, spec.heads, spec.intermediate, spec.init, spec.copy_layers
         )
-        return student, run.tokens
-    student, tok, _ = load_encoder(spec.path)
-    if tok.get_vocab() == run.tokens.tokenizer.get_vocab():
-        return student, run.tokens
+        tok = run.tokens.tokenizer
+    else:
+        student, tok, _ = load_encoder(spec.path)
+    if spec.name not in run.student_tokens:
+        run.student_tokens[spec.name] = _tokens_for(run, spec, tok)
+    return student, run.student_tokens[spec.name]
+
+
+def _tokens_for(run: EncoderRun, spec: StudentSpec, tok: Any) -> Tokens:
+    """The teacher's tokens when the student's tokenizer maps every token as the teacher's does; else, with
+    ``distill.retokenize``, the sentences tokenized by the student's own tokenizer; else an error naming both."""
+    if tok is run.tokens.tokenizer or tok.get_vocab() == run.tokens.tokenizer.get_vocab():
+        return run.tokens
     t_name = getattr(run.tokens.tokenizer, "name_or_path", "?")
     s_name = getattr(tok, "name_or_path", "?")
     d = run.cfg.distill
@@ -209,8 +219,7 @@ def build_student(run: EncoderRun, spec: StudentSpec) -> tuple[SentenceEncoder, 
             f"student {spec.name!r} has its own tokenizer {s_name!r}: hidden-state and relation terms compare tokens "
             "and need the teacher's tokenizer; with distill.retokenize use the embedding terms (cosine, mse) only"
         )
-    tokens = Tokens({s: tokenize(tok, run.sentences[s], run.max_length) for s in SPLITS}, tok)
-    return student, tokens
+    return Tokens({s: tokenize(tok, run.sentences[s], run.max_length) for s in SPLITS}, tok)
 
 
 def _into_teacher_space(run: EncoderRun, student: SentenceEncoder) -> SentenceEncoder:
@@ -327,8 +336,9 @@ def _deploy(run: EncoderRun, students: dict[str, SentenceEncoder]) -> dict:
     """Params, FLOPs and CPU latency (1 thread) of the teacher and each student, timed together."""
     e = run.cfg.eval
     L = e.latency_tokens or max(2, round(statistics.median(run.tokens["test"].lengths.tolist())))
-    vocab = int(run.teacher.hf.config.vocab_size)
-    lo = min(1000, vocab // 2)  # ordinary word pieces, never padding or special tokens
+    # ids every model has (a student with its own tokenizer may have fewer), above padding and special tokens
+    vocab = min(int(m.hf.config.vocab_size) for m in (run.teacher, *students.values()))
+    lo = min(1000, vocab // 2)
 
     def ids(b: int, g: torch.Generator) -> torch.Tensor:
         return torch.randint(lo, vocab, (b, L), generator=g)
@@ -353,8 +363,8 @@ def _export(run: EncoderRun, students: dict[str, SentenceEncoder]) -> dict:
     """ONNX of each first-seed kd student (one input: token ids, batch and length dynamic), checked against
     PyTorch in onnxruntime on test sentences."""
     results = {}
-    x = run.tokens["test"].split.x[:16]
     for name, model in students.items():
+        x = run.student_tokens[name]["test"].split.x[:16]
         path = run.run_dir / "export" / name / "student.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         model.eval()

@@ -41,6 +41,11 @@ def aggregate_encoder(rows: list[dict]) -> dict[str, dict]:
     return agg
 
 
+def speedups(teacher: dict, student: dict) -> dict[str, float]:
+    """``latency_ms_b<B>`` -> how many times faster than the teacher the student is at batch B."""
+    return {k: teacher[k] / student[k] for k in teacher if k.startswith("latency_ms_b") and student.get(k)}
+
+
 def goal_checks(agg: dict[str, dict], deploy: dict) -> dict[str, dict]:
     """Per student with a kd row: its speed-up over the teacher and whether the issue's goal holds."""
     figs = deploy.get("figures", {})
@@ -49,10 +54,7 @@ def goal_checks(agg: dict[str, dict], deploy: dict) -> dict[str, dict]:
     for a in agg.values():
         if a["role"] != "kd" or a["student"] not in figs:
             continue
-        s = figs[a["student"]]
-        speed = {
-            k: teacher[k] / s[k] for k in teacher if k.startswith("latency_ms_b") and s.get(k)
-        }  # latency_ms_b1 -> ×
+        speed = speedups(teacher, figs[a["student"]])
         cos = a.get("cos_mean", a.get("cos_map_mean"))
         b1 = speed.get("latency_ms_b1")
         met = (
@@ -101,7 +103,8 @@ def deploy_table(deploy: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for name, f in figs.items():
         row = [name, f"{f['params']:,}", f"{f['flops_per_sample'] / 1e6:,.1f}", f"{f['weights_bytes'] / 2**20:.1f}"]
-        row += [f"{f[k]:.2f}" for k in lat] + [f"{teacher[k] / f[k]:.2f}" for k in lat]
+        fast = speedups(teacher, f)
+        row += [f"{f[k]:.2f}" for k in lat] + [f"{fast[k]:.2f}" for k in lat]
         rows.append(row)
     return head, rows
 
@@ -136,21 +139,28 @@ def encoder_markdown(summary: dict) -> str:
         dep = summary["deploy"]
         lines += ["", f"Deployment (1 thread, {dep['tokens']} tokens per sentence, timed together):", ""]
         lines += md_table(dh, dr)
-    for name, g in summary.get("goals", {}).items():
-        verdict = "**goal met**" if g["met"] else "goal not met"
-        gain = g.get("agreement_minus_scratch")
-        lines += [
-            "",
-            f"{name}: {g['speedup'].get('b1', float('nan')):.2f}× faster at batch 1, neighbour agreement "
-            f"{g['agreement']:.3f}, cosine {g['cos']:.3f} ({verdict}: ≥ 3×, ≥ 0.8, ≥ 0.9)"
-            + (f"; agreement {gain:+.3f} over its scratch row" if gain is not None else ""),
-        ]
-    for e in summary.get("exports", {}).values():
-        lines += ["", f"ONNX `{e['path']}`: max |difference| {e['max_abs_diff']:.2e} vs PyTorch in {e['runtime']}"]
+    for line in findings(summary):
+        lines += ["", line]
     lines += ["", f"Reproduce: `{summary['command']}`"]
     if m := machine_line(summary.get("environment")):
         lines += ["", m]
     return "\n".join(lines) + "\n"
+
+
+def findings(summary: dict) -> list[str]:
+    """One line per student with a kd row (speed-up, agreement, cosine, the goal), one per ONNX export."""
+    want = f"≥ {GOAL['speedup_b1']:g}×, ≥ {GOAL['agreement']:g}, ≥ {GOAL['cos']:g}"
+    out = []
+    for name, g in summary.get("goals", {}).items():
+        gain = g.get("agreement_minus_scratch")
+        out.append(
+            f"{name}: {g['speedup'].get('b1', float('nan')):.2f}× faster at batch 1, neighbour agreement "
+            f"{g['agreement']:.3f}, cosine {g['cos']:.3f} (goal {'met' if g['met'] else 'not met'}: {want})"
+            + (f"; agreement {gain:+.3f} over its scratch row" if gain is not None else "")
+        )
+    for e in summary.get("exports", {}).values():
+        out.append(f"ONNX {e['path']}: max |difference| {e['max_abs_diff']:.2e} vs PyTorch in {e['runtime']}")
+    return out
 
 
 def encoder_html(summary: dict) -> str:
@@ -158,9 +168,7 @@ def encoder_html(summary: dict) -> str:
     dh, dr = deploy_table(summary["deploy"])
     if dr:
         parts += ["<h2>Deployment</h2>", html_table(dh, dr)]
-    md = encoder_markdown(summary)
-    notes = [ln for ln in md.splitlines() if ln.startswith(tuple(summary.get("goals", {}))) or ln.startswith("ONNX")]
-    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    parts += [f"<p>{html.escape(line)}</p>" for line in findings(summary)]
     parts.append(f"<p>Reproduce: <code>{html.escape(summary['command'])}</code></p>")
     return html_page(parts)
 

@@ -23,6 +23,7 @@ from kdistill.report.figures import (
     plot_reliability,
     plot_soft_targets,
 )
+from kdistill.report.page import html_table
 from kdistill.report.summary import data_line, deploy_table
 
 CSS = """
@@ -51,12 +52,6 @@ def _mean_std(a: dict, key: str, pct: bool = True, digits: int = 4) -> str:
         return "–"
     m, s = a[f"{key}_mean"], a.get(f"{key}_std", 0.0)
     return f"{percent(m)} ± {percent(s)}" if pct else f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
 
 
 def _figure(run_dir: Path, name: str, title: str, note: str) -> str:
@@ -231,7 +226,7 @@ def _results(summary: dict) -> list[str]:
         for role, a in agg.items()
     ]
     parts = ["<h2>Results (test set, mean ± std over seeds)</h2>"]
-    parts.append(_table(["model", "params", "accuracy %", "errors", "NLL", "ECE %", "train s", "n"], rows))
+    parts.append(html_table(["model", "params", "accuracy %", "errors", "NLL", "ECE %", "train s", "n"], rows))
     bullets = []
     if d.get("kd_minus_scratch") is not None:
         bullets.append(f"KD − scratch: <b>{100 * d['kd_minus_scratch']:+.2f} points</b> of test accuracy.")
@@ -250,7 +245,7 @@ def _deployment(summary: dict) -> str:
         return ""
     threads = summary["deploy"]["teacher"].get("threads", 1)
     return (
-        "<h2>Deployment: what the student saves</h2>" + _table(*dep) + f'<p class="note">CPU, {threads} '
+        "<h2>Deployment: what the student saves</h2>" + html_table(*dep) + f'<p class="note">CPU, {threads} '
         "thread(s), median of repeated forward passes after warm-up, teacher and student timed in the "
         "same process. FLOPs from PyTorch's FLOP counter (a multiply-add counts 2).</p>"
     )
@@ -280,7 +275,7 @@ def _left_out_html(summary: dict) -> str:
     classes = html.escape(str(cfg["kd"]["exclude_classes"]))
     return (
         f"<h2>Classes left out of the transfer set: {classes}</h2>"
-        + _table(head, rows)
+        + html_table(head, rows)
         + '<p class="note">No student saw a training image of these classes; the teacher did. The KD student '
         "learns about them only from the soft targets of other images. The label-free correction raises their "
         "logits until the student's mean predicted probability of each on the validation images (pixels only, "

@@ -101,19 +101,25 @@ class HFCausalLM(nn.Module):
         return self.hf(input_ids=ids).logits
 
 
-def build_hf(config: dict) -> HFCausalLM:
-    """A fresh ``transformers`` causal LM from a config dict with ``model_type`` (``gpt2``, ``llama``, ...)."""
+def auto_config(config: dict, examples: str = "gpt2, llama, bert") -> Any:
+    """A ``transformers`` config from a dict with ``model_type`` (the rest are its fields)."""
     tf = require_transformers()
     kwargs = dict(config)
     kind = kwargs.pop("model_type", None)
     if kind is None:
-        raise TextError("a transformers model config needs model_type (gpt2, llama, ...)")
-    cfg = tf.AutoConfig.for_model(kind, **kwargs)
-    return HFCausalLM(tf.AutoModelForCausalLM.from_config(cfg))
+        raise TextError(f"a transformers model config needs model_type ({examples}, ...)")
+    return tf.AutoConfig.for_model(kind, **kwargs)
 
 
-def _model_dir(path: str | Path) -> Path:
-    """A local model directory with weights and a tokenizer, or an error naming the directory and what it lacks."""
+def build_hf(config: dict) -> HFCausalLM:
+    """A fresh ``transformers`` causal LM from a config dict with ``model_type`` (``gpt2``, ``llama``, ...)."""
+    tf = require_transformers()
+    return HFCausalLM(tf.AutoModelForCausalLM.from_config(auto_config(config, "gpt2, llama")))
+
+
+def model_dir(path: str | Path) -> Path:
+    """A local model directory with its config, weights and a tokenizer, or an error naming the directory and what
+    it lacks."""
     d = Path(path).expanduser()
     if not d.is_dir():
         raise TextError(f"model directory {d}: no such directory")
@@ -121,19 +127,21 @@ def _model_dir(path: str | Path) -> Path:
         raise TextError(f"model directory {d} has no weights (model.safetensors or pytorch_model.bin)")
     if not any((d / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
         raise TextError(f"model directory {d} has no tokenizer (tokenizer.json or tokenizer_config.json)")
+    if not (d / "config.json").is_file():
+        raise TextError(f"model directory {d} has no config.json (a transformers model saved with save_pretrained)")
     return d
 
 
 def load_hf_tokenizer(path: str | Path) -> Any:
     """The tokenizer of a model directory alone (tokenizing a corpus needs no weights)."""
     tf = require_transformers()
-    return tf.AutoTokenizer.from_pretrained(_model_dir(path))
+    return tf.AutoTokenizer.from_pretrained(model_dir(path))
 
 
 def load_hf(path: str | Path) -> tuple[HFCausalLM, Any]:
     """A causal LM and its tokenizer from a local directory; a missing piece is an error naming the directory."""
     tf = require_transformers()
-    d = _model_dir(path)
+    d = model_dir(path)
     return HFCausalLM(tf.AutoModelForCausalLM.from_pretrained(d)), tf.AutoTokenizer.from_pretrained(d)
 
 
