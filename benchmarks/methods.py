@@ -87,7 +87,7 @@ def mode_rows(summary: dict, name: str) -> dict[str, tuple[list[dict], str]]:
     return groups
 
 
-def _stats(rows: list[dict], key: str) -> tuple[float, float]:
+def stats(rows: list[dict], key: str) -> tuple[float, float]:
     vals = [float(r[key]) for r in rows]
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
@@ -96,21 +96,21 @@ def _per_step(rows: list[dict]) -> float:
     return statistics.fmean(r["train_seconds"] / max(1, r["steps"]) for r in rows)
 
 
-def _same(old: Any, new: Any, default: Any) -> bool:
+def same_config(old: Any, new: Any, default: Any) -> bool:
     """Equal configs, where a key the old run did not know yet counts as equal if it has its default."""
     if isinstance(old, dict) and isinstance(new, dict):
         d = default if isinstance(default, dict) else {}
-        return all(_same(old[k], v, d.get(k)) if k in old else v == d.get(k) for k, v in new.items())
+        return all(same_config(old[k], v, d.get(k)) if k in old else v == d.get(k) for k, v in new.items())
     return old == new
 
 
-def _run(cfg: Any, smoke: bool, reuse: bool) -> dict:
+def run_config(cfg: Any, smoke: bool, reuse: bool) -> dict:
     """Run one config, or with ``reuse`` take its finished run when the resolved config is identical."""
     done = Path(cfg.output_dir) / cfg.name / "summary.json"
     if reuse and not smoke and done.is_file():
         old = json.loads(done.read_text())
         new = json.loads(json.dumps(cfg.model_dump(mode="json")))
-        if _same(old["config"], new, json.loads(json.dumps(type(cfg)().model_dump(mode="json")))):
+        if same_config(old["config"], new, json.loads(json.dumps(type(cfg)().model_dump(mode="json")))):
             print(f"[methods] reusing {done} (same resolved config)", flush=True)
             return {**old, "reused": True}
     return run_experiment(cfg, smoke=smoke)
@@ -122,7 +122,7 @@ def run_scenario(
     common = [f"seeds={seeds}", f"threads={threads}", f"output_dir={out / scenario}"]
     base_path = CONFIGS / SCENARIOS[scenario]
     t0 = time.perf_counter()
-    base = _run(load_config(base_path, [*common, "roles=[scratch,kd]"]), smoke, reuse)
+    base = run_config(load_config(base_path, [*common, "roles=[scratch,kd]"]), smoke, reuse)
     summaries = [base]
     rows_by = {
         "scratch": [r for r in base["rows"] if r["role"] == "scratch"],
@@ -139,7 +139,7 @@ def run_scenario(
             skipped.append(name)
             continue
         print(f"[methods] {scenario}: {name} ({time.perf_counter() - t0:.0f}s so far)", flush=True)
-        summary = _run(cfg, smoke, reuse)
+        summary = run_config(cfg, smoke, reuse)
         summaries.append(summary)
         rows_by[name] = [r for r in summary["rows"] if r["role"] == "kd"]
         terms = ", ".join(f"{t['method']}×{t['weight']:g}" for t in summary["config"]["terms"])
@@ -154,17 +154,17 @@ def run_scenario(
         roles = [r for r in load_config(path).roles if r in MODE_ROLES]
         cfg = load_config(path, [*common, f"roles=[{', '.join(roles)}]"])
         print(f"[methods] {scenario}: {name} ({time.perf_counter() - t0:.0f}s so far)", flush=True)
-        summary = _run(cfg, smoke, reuse)
+        summary = run_config(cfg, smoke, reuse)
         summaries.append(summary)
         for label, (rows, text) in mode_rows(summary, name).items():
             rows_by[label], described[label] = rows, text
 
-    scratch_acc, _ = _stats(rows_by["scratch"], "test_acc")
-    kd_acc, _ = _stats(rows_by["kd (vanilla)"], "test_acc")
+    scratch_acc, _ = stats(rows_by["scratch"], "test_acc")
+    kd_acc, _ = stats(rows_by["kd (vanilla)"], "test_acc")
     scratch_step = max(_per_step(rows_by["scratch"]), 1e-9)
     table = []
     for name, rows in rows_by.items():
-        mean, std = _stats(rows, "test_acc")
+        mean, std = stats(rows, "test_acc")
         gap = (mean - scratch_acc) / (teacher_acc - scratch_acc) if abs(teacher_acc - scratch_acc) > 1e-12 else None
         table.append(
             {

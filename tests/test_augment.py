@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from kdistill.augment import Augmenter, apply_params, augment_batch, draw_params
+from kdistill.augment import Augmenter, apply_params, augment_batch, draw_params, mix_batch
 from kdistill.config import AugmentConfig
+from kdistill.distiller import Distiller
 from tests.images import AUG, images
 
 
@@ -58,3 +59,65 @@ def test_any_image_size_and_channel_count_is_augmented() -> None:
         padded = torch.nn.functional.pad(x[i] - x[i].min(), (2, 2, 2, 2)) + x[i].min()
         want = padded[:, dy : dy + 7, dx : dx + 5]
         assert torch.equal(out[i], want.flip(-1) if flip else want)
+
+
+# ----------------------------------------------------------------------------- mixup / cutmix (function matching)
+
+
+def test_mixup_is_a_seeded_blend_with_a_batch_partner_and_unlabels_the_rows() -> None:
+    x = images().x
+    cfg = AugmentConfig(mixup=0.4)
+    mixed, perm, lam = mix_batch(x, cfg, torch.Generator().manual_seed(3))
+    assert 0 < lam < 1 and sorted(perm.tolist()) == list(range(len(x))) and not torch.equal(perm, torch.arange(len(x)))
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[perm])
+    again = mix_batch(x, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(again[0], mixed) and again[2] == lam
+    out = Augmenter(cfg, torch.Generator().manual_seed(3))({"x": x, "y": torch.arange(len(x))})
+    assert torch.equal(out["x"], mixed) and bool((out["y"] == -1).all())
+
+
+def test_cutmix_pastes_one_box_of_the_partner_and_reports_the_share_kept() -> None:
+    x = torch.arange(3 * 8 * 8, dtype=torch.float32).view(3, 1, 8, 8)
+    checked = 0
+    for seed in range(30):
+        out, perm, lam = mix_batch(x, AugmentConfig(cutmix=1.0), torch.Generator().manual_seed(seed))
+        from_partner = out != x  # no two images share a pixel value, so a changed pixel came from the partner
+        assert torch.equal(out[from_partner], x[perm][from_partner])
+        moved = [i for i in range(3) if perm[i] != i]
+        if not moved:
+            continue
+        m = from_partner[moved[0], 0]
+        rows, cols = m.any(1).nonzero(), m.any(0).nonzero()
+        if len(rows):  # the pasted region is one rectangle, the same for every image
+            assert bool(m[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all())
+        assert lam == 1 - m.float().mean().item()
+        checked += 1
+    assert checked > 10
+
+
+def test_online_teacher_labels_exactly_the_mixed_input_the_student_sees() -> None:
+    seen: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+
+    class Spy(torch.nn.Module):
+        def __init__(self, who: str, seed: int) -> None:
+            super().__init__()
+            torch.manual_seed(seed)
+            self.who, self.lin = who, torch.nn.Linear(64, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen[self.who].append(x.detach().clone())
+            return self.lin(x.flatten(1))
+
+    x = images().x[:, :1, :8, :8].contiguous()
+    batch = {"x": x, "y": torch.zeros(len(x), dtype=torch.long), "index": torch.arange(len(x))}
+    teacher = Spy("teacher", 1)
+    d = Distiller(Spy("student", 0), teacher, T=2.0, alpha=1.0)
+    aug = Augmenter(AugmentConfig(shift=1, mixup=1.0, cutmix=1.0), torch.Generator().manual_seed(0))
+    for _ in range(4):
+        sb = d.student_batch(batch, 0, 0, aug)
+        out = d(sb)
+        assert torch.equal(seen["teacher"][-1], seen["student"][-1]) and not torch.equal(seen["student"][-1], x)
+        with torch.no_grad():
+            want = teacher.lin(sb["x"].flatten(1))
+        torch.testing.assert_close(d.teacher_logits(sb), want)
+        assert out.parts["hard"].item() == 0.0 and out.parts["soft"].item() > 0

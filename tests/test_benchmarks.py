@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from kdistill.data import DataError, find_fashion_mnist
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _methods():
-    spec = importlib.util.spec_from_file_location("kdistill_bench_methods", ROOT / "benchmarks" / "methods.py")
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"kdistill_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
@@ -22,8 +23,12 @@ def _methods():
     return mod
 
 
+def _methods():
+    return _load("methods")
+
+
 def test_reuse_compares_resolved_configs_with_defaults_for_new_keys() -> None:
-    same = _methods()._same
+    same = _methods().same_config
     default = {"kd": {"T": 4.0, "cache": {"mode": "auto"}}}
     # A key the old run did not know yet counts as equal when the new run leaves it at its default.
     assert same({"kd": {"T": 2.0}}, {"kd": {"T": 2.0, "cache": {"mode": "auto"}}}, default)
@@ -55,3 +60,43 @@ def test_methods_smoke_table_has_base_method_and_mode_rows(tmp_path: Path, monke
     md = m.markdown(res)
     assert "| born_again/ensemble |" in md and "Not run (`--skip`)" in md
     assert f"Measured on {res['environment']['cpu']}" in md and "1 thread(s)" in md
+
+
+def _row(recipe: str, budget: int, acc: float, scratch: float) -> dict:
+    return {"recipe": recipe, "budget": budget, "test_acc_mean": acc, "delta_scratch": acc - scratch}
+
+
+def test_patient_goal_needs_accuracy_and_margin_at_one_budget() -> None:
+    goal = _load("patient").goal
+    table = [_row("scratch", 16, 0.905, 0.905), _row("kd", 16, 0.918, 0.905), _row("kd", 64, 0.921, 0.915)]
+    res = goal(table)  # 91.8 misses the accuracy, 92.1 at 64 epochs misses the margin (+0.6)
+    assert not res["met"] and res["best"]["budget"] == 64
+    res = goal([*table, _row("logit_std", 64, 0.926, 0.915)])
+    assert res["met"] and res["best"]["recipe"] == "logit_std"
+
+
+def test_patient_smoke_compares_recipes_at_equal_budgets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        find_fashion_mnist(download=False)
+    except DataError:
+        pytest.skip("Fashion-MNIST files not installed (run scripts/get_data.sh)")
+    monkeypatch.chdir(ROOT)
+    p = _load("patient")
+    res = p.run_all(["scratch", "kd", "fm_mixup"], [1], [0], 1, 1, tmp_path, smoke=True, reuse=False, views=(2,))
+    table = {r["recipe"]: r for r in res["table"]}
+    assert list(table) == ["scratch", "kd", "fm_mixup"] and all(r["budget"] == 1 for r in res["table"])
+    assert table["kd"]["delta_scratch"] == pytest.approx(
+        table["kd"]["test_acc_mean"] - table["scratch"]["test_acc_mean"]
+    )
+    fm = json.loads(
+        (tmp_path / "fm_mixup_e1-smoke" / "summary.json")  # smoke runs get their own directory
+        .read_text()
+    )["config"]
+    assert fm["kd"]["alpha"] == 1.0 and fm["student"]["train"]["augment"]["mixup"] == 0.2
+    # each row names the machine that trained it, from the run's own summary
+    assert table["kd"]["trained_on"].startswith(res["environment"]["cpu"]) and "1 thr" in table["kd"]["trained_on"]
+    # a view costs one row of float16 logits (10 classes) and one int16 draw (3 numbers); each image one int64 index
+    (cost,) = res["view_cost"]
+    assert cost["views"] == 2 and cost["mib_55k"] == pytest.approx(55_000 * (2 * (10 * 2 + 3 * 2) + 8) / 2**20)
+    md = p.markdown(res)
+    assert "Goal (≥ 92.0 %" in md and "- K = 2:" in md

@@ -211,3 +211,22 @@ def test_unknown_term_key_suggests_the_right_one() -> None:
         load_config(None, ["terms=[{method: dkd, options: {betta: 2}}]"])
     with pytest.raises(ConfigError, match=r"fitnet needs `layers`"):
         load_config(None, ["terms=[{method: fitnet}]"])
+
+
+def test_mixing_is_function_matching_only() -> None:
+    ok = load_config(None, ["roles=[kd]", "kd.alpha=1", "student.train.augment.mixup=0.2"])
+    assert ok.student.train.augment.mixup == 0.2
+    with pytest.raises(ConfigError, match=r"roles: \[kd\] and kd.alpha: 1"):
+        load_config(None, ["roles=[scratch,kd]", "kd.alpha=1", "student.train.augment.cutmix=1"])
+    with pytest.raises(ConfigError, match=r"kd.alpha 0.5"):
+        load_config(None, ["roles=[kd]", "kd.alpha=0.5", "student.train.augment.mixup=1"])
+    with pytest.raises(ConfigError, match="teacher.train.augment"):
+        load_config(None, ["teacher.train.augment.mixup=0.2"])
+
+
+def test_mixing_off_leaves_earlier_keys_unchanged() -> None:
+    # Teacher keys and view-cache keys hash the augmentation: fields added later must not change them when off.
+    cfg = load_config(None, ["teacher.train.augment.shift=2"])
+    assert cfg.teacher.train.key()["augment"] == {"shift": 2, "flip": False}
+    mixed = load_config(None, ["roles=[kd]", "kd.alpha=1", "student.train.augment.mixup=0.2"])
+    assert mixed.student.train.key()["augment"] == {"shift": 0, "flip": False, "mixup": 0.2}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,66 @@ def test_rkd_angle_rows_limits_the_triplets() -> None:
     torch.testing.assert_close(sub(s, t, {}), rkd_distance_loss(s, t) + 2.0 * rkd_angle_loss(s[:5], t[:5]))
     with pytest.raises(ValueError, match="angle needs 3 samples"):
         build_term("rkd", _ctx((6,), (9,)), {"angle_rows": 2})
+
+
+# ----------------------------------------------------------------------------- recent logit methods
+
+
+def test_recent_logit_terms_call_their_pure_functions() -> None:
+    from kdistill.losses import logit_standardized_kd, wttm_loss
+
+    gen = torch.Generator().manual_seed(0)
+    s, t = torch.randn(8, 4, generator=gen), torch.randn(8, 4, generator=gen)
+    ctx = _ctx((4,), (4,), "logits", "logits")
+    torch.testing.assert_close(build_term("logit_std", ctx)(s, t, {}), logit_standardized_kd(s, t, 4.0))  # kd.T
+    torch.testing.assert_close(build_term("logit_std", ctx, {"T": 2.0})(s, t, {}), logit_standardized_kd(s, t, 2.0))
+    torch.testing.assert_close(build_term("wttm", ctx, {"gamma": 0.5})(s, t, {}), wttm_loss(s, t, 0.5))
+    with pytest.raises(TermError, match="gamma"):
+        build_term("wttm", ctx, {"gamma": 2.0})
+    with pytest.raises(TermError, match="t_min < T < t_max"):
+        build_term("ctkd", ctx, {"T": 30.0})
+
+
+def test_ctkd_temperature_follows_its_curriculum_and_ascends_the_loss() -> None:
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(16, 4, generator=gen, requires_grad=True)
+    t = torch.randn(16, 4, generator=gen) * 3
+    term = build_term("ctkd", _ctx((4,), (4,), "logits", "logits"), {"T": 4.0, "ramp_epochs": 4})
+    torch.testing.assert_close(term.temperature(), torch.tensor(4.0))
+    scales = []
+    for e in range(6):
+        term.set_epoch(e)
+        scales.append(round(term.scale, 6))
+    assert scales == [
+        0.0,
+        round((1 - math.cos(math.pi / 4)) / 2, 6),
+        0.5,
+        round((1 + math.cos(math.pi / 4)) / 2, 6),
+        1.0,
+        1.0,
+    ]
+    # Epoch 0: the reversal's scale is 0, the temperature gets no gradient (a fixed, easy start).
+    term.set_epoch(0)
+    term(s, t, {}).backward()
+    assert term.theta.grad.item() == 0.0
+    # Later: a descent step on the loss moves the temperature *up* the loss (gradient reversed).
+    term.set_epoch(10)
+    term.theta.grad = None
+    before = term(s, t, {}).item()
+    term(s, t, {}).backward()
+    with torch.no_grad():
+        term.theta -= 0.5 * term.theta.grad
+    assert term(s, t, {}).item() > before
+    assert set(term.logged()) == {"ctkd_T"}
+    assert "theta" in dict(term.named_parameters())  # trained with the student, saved in checkpoints
+
+
+def test_distiller_passes_epochs_to_terms_and_logs_the_learned_temperature() -> None:
+    data = _data()
+    ctkd = build_term("ctkd", _ctx((4,), (4,), "logits", "logits"), {"T": 2.0, "ramp_epochs": 2})
+    d = Distiller(_cnn(CNN_S), _cnn(CNN_T, 1), T=2.0, alpha=0.0, terms=[ctkd])
+    d.set_epoch(1)
+    assert ctkd.scale == pytest.approx(0.5)
+    out = d(next(iter(BatchLoader(data.train, 16))))
+    assert out.parts["ctkd_T"].item() == pytest.approx(2.0)
+    assert d.extra_params() == 1

@@ -162,7 +162,7 @@ def cache_key(
     h.update(index.contiguous().numpy().tobytes())
     # T matters only for top-k storage (probabilities at T are stored); full logits do not depend on it.
     payload = {
-        "aug": aug.model_dump(),
+        "aug": aug.key(),
         "views": views,
         "seed": seed,
         "topk": topk,

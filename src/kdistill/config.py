@@ -44,6 +44,22 @@ class AugmentConfig(StrictModel):
 
     shift: int = Field(0, ge=0, description="random translation by up to this many pixels")
     flip: bool = False
+    # Mixing two images leaves no single label: kdistill marks mixed rows unlabelled, so mixing is for
+    # function matching (the teacher labels the mixed image; Beyer et al. 2022), checked by ExperimentConfig.
+    mixup: float = Field(0.0, ge=0, description="Beta(a, a) parameter of mixup (0 = off); KD with kd.alpha=1 only")
+    cutmix: float = Field(0.0, ge=0, description="Beta(a, a) parameter of cutmix (0 = off); KD with kd.alpha=1 only")
+
+    def key(self) -> dict[str, Any]:
+        """The augmentation for keys: mixing, added later, is left out when off (earlier keys stay valid)."""
+        d = self.model_dump(mode="json")
+        for name in ("mixup", "cutmix"):
+            if not d[name]:
+                del d[name]
+        return d
+
+
+def _mixes(cfg: AugmentConfig) -> bool:
+    return cfg.mixup > 0 or cfg.cutmix > 0
 
 
 class TrainConfig(StrictModel):
@@ -73,6 +89,7 @@ class TrainConfig(StrictModel):
         """The recipe as a dict for keys and fingerprints. Fields added after keys were first written are left
         out at their defaults, so that earlier teachers and checkpoints keep their keys."""
         d = self.model_dump(mode="json")
+        d["augment"] = self.augment.key()
         if d["select"] == "acc":
             del d["select"]
         return d
@@ -400,6 +417,21 @@ class ExperimentConfig(StrictModel):
             raise ValueError(
                 "kd.transfer='all' only makes sense with data.labelled set (the labelled part is then "
                 "smaller than the transfer set); set data.labelled or kd.transfer='labelled'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _mixing_is_function_matching(self) -> ExperimentConfig:
+        if _mixes(self.teacher.train.augment):
+            raise ValueError(
+                "teacher.train.augment: mixup/cutmix mix two images into one that has no single label, and the "
+                "teacher learns from labels; set them to 0 there (they are for the KD student's function matching)"
+            )
+        if _mixes(self.student.train.augment) and (self.roles != ["kd"] or self.kd.alpha != 1.0):
+            raise ValueError(
+                "student.train.augment: mixup/cutmix leave mixed images unlabelled, so only the teacher can label "
+                f"them (function matching): they need roles: [kd] and kd.alpha: 1 (got roles {self.roles}, "
+                f"kd.alpha {self.kd.alpha}); train the scratch student in a config without mixing"
             )
         return self
 

@@ -125,6 +125,8 @@ class Distiller(Objective):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        for term in self.terms:
+            term.set_epoch(epoch)
 
     def student_batch(self, batch: Batch, epoch: int, seed: int, augment: Augmenter) -> Batch:
         return self.source.student_batch(batch, epoch, seed, augment)
@@ -161,6 +163,7 @@ class Distiller(Objective):
             value = w * term(s_feats[term.student_layer], t_feats[term.teacher_layer], batch)
             loss = loss + value
             parts[term.method] = parts.get(term.method, 0.0) + value
+            parts.update({k: torch.tensor(v) for k, v in term.logged().items()})
         return StepOutput(loss, logits, {k: v.detach() for k, v in parts.items()})
 
     def extra_params(self) -> int:

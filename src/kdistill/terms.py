@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -29,11 +30,15 @@ from kdistill.losses import (
     crd_loss,
     dist_loss,
     dkd_loss_parts,
+    gradient_reversal,
     hint_loss,
+    learned_temperature_kd,
+    logit_standardized_kd,
     pkt_loss,
     rkd_angle_loss,
     rkd_distance_loss,
     similarity_preserving_loss,
+    wttm_loss,
 )
 from kdistill.taps import LayerError, probe_shapes
 
@@ -78,6 +83,13 @@ class Term(nn.Module):
         if self.warmup_epochs > 0:
             return self.weight * min(1.0, (epoch + 1) / self.warmup_epochs)
         return self.weight
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of each epoch (0-based), for terms with a schedule of their own (CTKD)."""
+
+    def logged(self) -> dict[str, float]:
+        """Values worth a line in the training log besides the loss (a learned temperature)."""
+        return {}
 
     def loss(self, s: torch.Tensor, t: torch.Tensor, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
@@ -279,6 +291,78 @@ class DIST(_LogitTerm):
 
     def loss(self, s: torch.Tensor, t: torch.Tensor, batch: Batch) -> torch.Tensor:
         return dist_loss(s, t, self.beta, self.gamma, self.T)
+
+
+@register("logit_std")
+class LogitStandardization(_LogitTerm):
+    """Logit standardization (Sun et al., CVPR 2024): KD between z-scored logits at temperature ``T``."""
+
+    def __init__(self, ctx: TermContext, *, T: float | None = None) -> None:
+        super().__init__(ctx)
+        self.T = ctx.T if T is None else T
+
+    def loss(self, s: torch.Tensor, t: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return logit_standardized_kd(s, t, self.T)
+
+
+@register("wttm")
+class WTTM(_LogitTerm):
+    """Weighted transformed teacher matching (Zheng & Yang, ICLR 2024): temperature on the teacher only."""
+
+    def __init__(self, ctx: TermContext, *, gamma: float = 0.25) -> None:
+        super().__init__(ctx)
+        if not (0.0 < gamma <= 1.0):
+            raise TermError(f"wttm gamma={gamma}: must be in (0, 1] (the teacher's temperature is 1/gamma)")
+        self.gamma = gamma
+
+    def loss(self, s: torch.Tensor, t: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return wttm_loss(s, t, self.gamma)
+
+
+@register("ctkd")
+class CTKD(_LogitTerm):
+    """Curriculum temperature KD (Li et al., AAAI 2023): one learned temperature, trained adversarially.
+
+    ``T = t_min + (t_max - t_min) * sigmoid(theta)`` starts at ``T`` (default: the experiment's kd.T); a
+    gradient reversal makes ``theta`` ascend the KD loss while the student descends it. The reversal's
+    strength follows the curriculum ``lambda(epoch) = lambda_max * (1 - cos(pi * min(epoch / ramp_epochs, 1))) / 2``:
+    0 in the first epoch (an easy, fixed temperature), ``lambda_max`` from ``ramp_epochs`` on. ``theta`` is a
+    parameter of the term, so it is saved in checkpoints and resumes with the run.
+    """
+
+    def __init__(
+        self,
+        ctx: TermContext,
+        *,
+        T: float | None = None,
+        t_min: float = 1.0,
+        t_max: float = 21.0,
+        lambda_max: float = 1.0,
+        ramp_epochs: float = 10.0,
+    ) -> None:
+        super().__init__(ctx)
+        T0 = ctx.T if T is None else T
+        if not (0 < t_min < T0 < t_max and math.isfinite(t_max)):
+            raise TermError(f"ctkd needs 0 < t_min < T < t_max, got t_min={t_min}, T={T0}, t_max={t_max}")
+        if not (lambda_max >= 0 and ramp_epochs > 0):
+            raise TermError(f"ctkd needs lambda_max >= 0 and ramp_epochs > 0, got {lambda_max}, {ramp_epochs}")
+        self.t_min, self.t_max = t_min, t_max
+        self.lambda_max, self.ramp_epochs = lambda_max, ramp_epochs
+        u = (T0 - t_min) / (t_max - t_min)
+        self.theta = nn.Parameter(torch.tensor(math.log(u / (1 - u))))
+        self.scale = 0.0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.scale = self.lambda_max * (1 - math.cos(math.pi * min(epoch / self.ramp_epochs, 1.0))) / 2
+
+    def temperature(self) -> torch.Tensor:
+        return self.t_min + (self.t_max - self.t_min) * torch.sigmoid(self.theta)
+
+    def logged(self) -> dict[str, float]:
+        return {"ctkd_T": float(self.temperature().detach())}
+
+    def loss(self, s: torch.Tensor, t: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return learned_temperature_kd(s, t, gradient_reversal(self.temperature(), self.scale))
 
 
 # ----------------------------------------------------------------------------- building

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from kdistill import dist
-from kdistill.augment import is_augmented
+from kdistill.augment import is_augmented, is_mixing
 from kdistill.caches import CacheError, LogitCache, ViewCache, cache_key
 from kdistill.config import ExperimentConfig, ModelSpec, TeacherConfig, TrainConfig
 from kdistill.data import BatchLoader
@@ -174,6 +174,10 @@ def _build_source(ctx: RunContext, teacher: FrozenTeacher, train: TrainConfig, l
     cfg, ts = ctx.cfg, ctx.data.transfer_set
     if cfg.kd.cache.mode == "online":
         log("teacher: online (runs on every training batch)")
+        return OnlineTeacher(teacher, layers)
+    if is_mixing(train.augment):
+        # A cached view belongs to one image; a blend of two exists only in its batch, so the teacher must see it.
+        log("teacher: online, since mixup/cutmix blend images that no cache holds (function matching)")
         return OnlineTeacher(teacher, layers)
     if not is_augmented(train.augment):
         t0 = time.perf_counter()

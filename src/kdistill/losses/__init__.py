@@ -16,10 +16,15 @@ from kdistill.losses.logits import (
     dist_loss,
     dkd_loss_parts,
     dkd_terms,
+    gradient_reversal,
     kd_loss,
     kd_loss_parts,
     label_smoothing_ce,
+    learned_temperature_kd,
+    logit_standardized_kd,
     soft_target_kl,
+    standardize_logits,
+    wttm_loss,
 )
 from kdistill.losses.relation import pkt_loss, rkd_angle_loss, rkd_distance_loss, similarity_preserving_loss
 
@@ -34,12 +39,15 @@ __all__ = [
     "dkd_loss_parts",
     "dkd_terms",
     "embedding_cosine_loss",
+    "gradient_reversal",
     "embedding_mse",
     "hint_loss",
     "info_nce",
     "kd_loss",
     "kd_loss_parts",
     "label_smoothing_ce",
+    "learned_temperature_kd",
+    "logit_standardized_kd",
     "masked_mse",
     "mean_pool",
     "minilm_relation_loss",
@@ -49,4 +57,6 @@ __all__ = [
     "similarity_preserving_loss",
     "split_heads",
     "soft_target_kl",
+    "standardize_logits",
+    "wttm_loss",
 ]

@@ -8,6 +8,7 @@ Labels equal to ``-1`` mark unlabelled rows (a transfer set whose labels the stu
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -217,3 +218,92 @@ def dist_loss(
     inter = 1.0 - _pearson_rows(p_s, p_t).mean()
     intra = 1.0 - _pearson_rows(p_s.T, p_t.T).mean()
     return (T * T) * (beta * inter + gamma * intra)
+
+
+# ----------------------------------------------------------------------------- logit standardization, WTTM, CTKD
+
+
+def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Z-score every row: ``(z - mean(z)) / (std(z) + eps)`` with the unbiased (n - 1) std, as the reference code.
+
+    Logit standardization (Sun et al., CVPR 2024) applies this to both the student's and the teacher's logits
+    before the tempered softmax: the student then only has to match the teacher's logits up to a shift and a
+    positive scale, instead of also their range, which a small student often cannot reach.
+    """
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"standardize_logits needs (batch, classes >= 2) logits, got {tuple(logits.shape)}")
+    mean = logits.mean(dim=1, keepdim=True)
+    std = logits.std(dim=1, keepdim=True)
+    return (logits - mean) / (std + eps)
+
+
+def logit_standardized_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 2.0) -> torch.Tensor:
+    """``T^2 * KL(softmax(Z(t)/T) || softmax(Z(s)/T))`` with ``Z`` = :func:`standardize_logits`, mean over rows.
+
+    Invariant to adding a constant to, or multiplying by a positive number, either side's logits. The
+    gradient flows through the student's own mean and std (as in the paper's code).
+    """
+    check_temperature(T)
+    _check_logit_pair("logit_standardized_kd", student_logits, teacher_logits)
+    dtype = float_dtype(student_logits, teacher_logits)
+    z_s = standardize_logits(student_logits.to(dtype))
+    z_t = standardize_logits(teacher_logits.detach().to(dtype))
+    return (T * T) * soft_target_kl(z_s, z_t, T)
+
+
+def wttm_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, gamma: float = 0.25) -> torch.Tensor:
+    """Weighted transformed teacher matching (Zheng & Yang, ICLR 2024), mean over rows.
+
+    The teacher's probabilities are raised to the power ``gamma`` and renormalised (``softmax(gamma * t)``: a
+    temperature ``1 / gamma`` on the teacher only); the student is matched at temperature 1 by
+    ``U(p_t) * KL(p_t^gamma / U || softmax(s))`` with ``U(p_t) = sum_c p_t[c]^gamma``, the power sum, which is
+    1 for a one-hot teacher and ``C^(1 - gamma)`` for a uniform one: samples where the teacher hesitates weigh
+    more. ``gamma = 1`` is plain KD at T = 1.
+    """
+    if not (0.0 < gamma <= 1.0):
+        raise ValueError(f"wttm gamma must be in (0, 1] (a temperature 1/gamma >= 1 on the teacher), got {gamma}")
+    _check_logit_pair("wttm_loss", student_logits, teacher_logits)
+    dtype = float_dtype(student_logits, teacher_logits)
+    log_p_t = F.log_softmax(teacher_logits.detach().to(dtype), dim=1)
+    log_q_t = F.log_softmax(gamma * log_p_t, dim=1)  # log of p_t^gamma / U, without forming p_t^gamma
+    log_u = torch.logsumexp(gamma * log_p_t, dim=1)  # log U(p_t)
+    log_q_s = F.log_softmax(student_logits.to(dtype), dim=1)
+    kl = (log_q_t.exp() * (log_q_t - log_q_s)).sum(dim=1)
+    return (log_u.exp() * kl).mean()
+
+
+class _GradientReversal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+def gradient_reversal(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; the backward pass multiplies the gradient by ``-scale`` (Ganin & Lempitsky 2015).
+
+    CTKD puts it between its learnable temperature and the KD loss: the student descends the loss while the
+    temperature ascends it, so the temperature keeps making the task harder as the student learns.
+    """
+    if not (scale >= 0 and math.isfinite(scale)):
+        raise ValueError(f"gradient reversal scale must be a finite number >= 0, got {scale}")
+    return _GradientReversal.apply(x, scale)
+
+
+def learned_temperature_kd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: torch.Tensor
+) -> torch.Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` with ``T`` a 0-dim tensor that may carry a gradient (CTKD)."""
+    if T.dim() != 0:
+        raise ValueError(f"learned_temperature_kd needs a scalar temperature, got shape {tuple(T.shape)}")
+    check_temperature(float(T.detach()))
+    _check_logit_pair("learned_temperature_kd", student_logits, teacher_logits)
+    dtype = float_dtype(student_logits, teacher_logits)
+    T = T.to(dtype)
+    log_p_s = F.log_softmax(student_logits.to(dtype) / T, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach().to(dtype) / T, dim=1)
+    return T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
