@@ -45,3 +45,16 @@ def test_cli_accepts_overrides_after_options(tmp_path: Path) -> None:
     assert (tmp_path / "cli-smoke" / "summary.json").is_file()
     with pytest.raises(SystemExit):
         main(["run", str(cfg_file), "--smok"])
+
+
+def test_a_diverging_run_is_one_error_line_and_debug_shows_the_traceback(tmp_path: Path, capsys) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("{}\n")
+    ov = [*synthetic_overrides(tmp_path, "div"), "student.train.lr=1e12", "seeds=[0]", "roles=[scratch]"]
+    assert main(["run", str(cfg_file), *ov]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kdistill: error: scratch") and "Traceback" not in err
+    assert "loss became" in err and "lower the learning rate (lr=1000000000000.0 now)" in err
+    assert (tmp_path / "div" / "teacher").is_dir()  # the teacher trained before the failure is kept
+    with pytest.raises(FloatingPointError):
+        main(["--debug", "run", str(cfg_file), *ov])

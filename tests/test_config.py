@@ -24,6 +24,13 @@ def _error(overrides: list[str] | None = None, path: Path | None = None) -> str:
         ("data.labeled=100", "data.labeled", "data.labelled"),
         ("student.train.augment.shfit=2", "student.train.augment.shfit", "student.train.augment.shift"),
         ("teacher.model.archh=cnn", "teacher.model.archh", "teacher.model.arch"),
+        # what people mean: synonyms, another case, a prefix (the README's example is the first)
+        ("kd.temperature=4", "kd.temperature", "kd.T"),
+        ("kd.t=4", "kd.t", "kd.T"),
+        ("kd.Alpha=0.5", "kd.Alpha", "kd.alpha"),
+        ("student.train.learning_rate=0.1", "student.train.learning_rate", "student.train.lr"),
+        ("student.train.epoch=3", "student.train.epoch", "student.train.epochs"),
+        ("student.train.warmup=1", "student.train.warmup", "student.train.warmup_epochs"),
     ],
 )
 def test_unknown_key_is_named_with_suggestion(override: str, key: str, suggestion: str) -> None:

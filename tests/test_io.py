@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
-from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
+from kdistill.io import CheckpointError, atomic_save, atomic_write_text, pickled_globals, safe_load
 
 
 class Payload:
@@ -91,7 +92,7 @@ def test_safe_load_refuses_custom_class(tmp_path: Path) -> None:
         safe_load(p)
     msg = str(info.value)
     assert str(p) in msg
-    assert "objects other than tensors" in msg
+    assert "holds pickled objects" in msg and "will not execute" in msg
     assert "plain state_dict" in msg
 
 
@@ -142,3 +143,34 @@ def test_checkpoint_cut_to_two_bytes_is_reported_as_corrupt(tmp_path: Path) -> N
     with pytest.raises(CheckpointError) as info:
         safe_load(p)
     assert "truncated or corrupt" in str(info.value)
+
+
+class _RunsCode:
+    def __reduce__(self):  # noqa: ANN204 - what a malicious pickle does: call a function when unpickled
+        return (os.system, ("echo this must never run",))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle.dump"])
+def test_an_unsafe_pickle_is_refused_naming_what_it_would_run_and_how_to_convert(tmp_path: Path, how: str) -> None:
+    p = tmp_path / "teacher.pt"
+    obj = {"state_dict": {"w": torch.zeros(2)}, "extra": _RunsCode()}
+    if how == "torch.save":
+        torch.save(obj, p)
+    else:
+        p.write_bytes(pickle.dumps(obj))
+    with pytest.raises(CheckpointError) as info:
+        safe_load(p)
+    msg = str(info.value)
+    assert "holds pickled objects (posix.system)" in msg and "will not execute" in msg
+    assert "weights_only=False" in msg and "truncated" not in msg
+
+
+def test_a_pickled_module_is_named_and_a_plain_checkpoint_has_no_unsafe_globals(tmp_path: Path) -> None:
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    torch.save(
+        {"state_dict": torch.nn.Linear(2, 2).state_dict(), "p": torch.nn.Parameter(torch.ones(2))}, tmp_path / "ok.pt"
+    )
+    assert pickled_globals(tmp_path / "module.pt") == ["torch.nn.modules.linear.Linear"]
+    assert pickled_globals(tmp_path / "ok.pt") == []
+    with pytest.raises(CheckpointError, match=r"torch.nn.modules.linear.Linear"):
+        safe_load(tmp_path / "module.pt")

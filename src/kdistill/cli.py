@@ -27,6 +27,7 @@ from kdistill.experiment.sweep import run_sweep
 from kdistill.experiment.text_run import run_text
 from kdistill.export import DEFAULT_FORMATS, export_run
 from kdistill.io import CheckpointError
+from kdistill.lock import RunDirBusy
 from kdistill.models import build_model
 from kdistill.report.encoder import encoder_markdown
 from kdistill.report.figures import plot_decision_regions
@@ -214,6 +215,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def parser() -> argparse.ArgumentParser:
     out = argparse.ArgumentParser(prog="kdistill", description="Knowledge distillation toolkit")
+    out.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
     sub = out.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_sweep, _add_layers_and_report, _add_data, _add_export):
         add(sub)
@@ -235,10 +237,21 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args))
-    except (ConfigError, DataError, CheckpointError, CacheError, DistError, TextError) as e:
-        print(f"kdistill: error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # model spec / checkpoint shape problems carry their own explanation
+    # ValueError: model spec / checkpoint shape problems carry their own explanation; FloatingPointError: a
+    # diverging run, with its role, seed, epoch and step.
+    except (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        CacheError,
+        DistError,
+        TextError,
+        RunDirBusy,
+        ValueError,
+        FloatingPointError,
+    ) as e:
+        if args.debug:
+            raise
         print(f"kdistill: error: {e}", file=sys.stderr)
         return 2
 

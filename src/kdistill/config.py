@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from kdistill.data import SOURCES
+from kdistill.suggest import suggest_key
 from kdistill.terms import TermError, check_options, layer_pairs
 
 
@@ -590,8 +591,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in loc) or "<root>"
         if e["type"] == "extra_forbidden":
             valid = _fields_at(config_schema(), loc)
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-            hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+            close = suggest_key(str(loc[-1]), valid)
+            hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (close,))}'?" if close else ""
             lines.append(f"  {key}: unknown key{hint} (valid here: {', '.join(valid)})")
         else:
             got = e.get("input")

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -85,10 +87,45 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or holds something other than tensors and plain data."""
 
 
+# Globals a weights-only checkpoint may name (tensor rebuilding, storages, ordered dicts): anything else in a
+# pickle is code that unpickling would run.
+_PLAIN_GLOBALS = re.compile(
+    r"^(torch\._utils\._rebuild_\w+|torch\._tensor\._rebuild_\w+|torch\.\w*Storage|torch\.storage\.\w+"
+    r"|torch\.(float|int|uint|bool|bfloat|complex)\d*|torch\.(Size|device)|collections\.OrderedDict"
+    r"|_codecs\.encode|(__builtin__|builtins)\.(set|frozenset|slice|bytearray))$"
+)
+
+
+def pickled_globals(path: str | Path) -> list[str]:
+    """The ``module.name`` of every class or function a pickle (or a ``torch.save`` zip) refers to, read from its
+    opcodes with :mod:`pickletools`, which never runs them; those a plain checkpoint may hold are left out.
+    ``[]`` when the file cannot be read as a pickle (it is then corrupt, not unsafe)."""
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                member = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(member) if member else b""
+        else:
+            data = path.read_bytes()
+        names, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                strings.append(str(arg))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # noqa: BLE001 - a truncated or foreign file: not a pickle we can read
+        return []
+    return sorted({n for n in names if not _PLAIN_GLOBALS.match(n)})
+
+
 def safe_load(path: str | Path) -> Any:
     """Load a checkpoint with ``weights_only=True``: tensors and plain containers only.
 
-    A file that needs arbitrary pickled classes is refused instead of executed.
+    A file that needs arbitrary pickled classes is refused instead of executed, with a message that names them
+    and says how to convert a file you trust.
     """
     path = Path(path)
     if not path.is_file():
@@ -96,15 +133,16 @@ def safe_load(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message is several lines with ANSI colour codes; the line that matters names the
-        # class the file wants to unpickle. Without that line the file is not a checkpoint at all.
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if found is None:
+        unsafe = pickled_globals(path)
+        if not unsafe:
+            # torch's message is several lines with ANSI colour codes; the first one says what failed.
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {text.splitlines()[0]}") from None
         raise CheckpointError(
-            f"checkpoint {path} holds objects other than tensors and plain containers ({found.group(1)}), and "
-            "kdistill does not unpickle code from files. Re-save it as a plain state_dict."
+            f"checkpoint {path} holds pickled objects ({', '.join(unsafe)}), not just tensors: loading it would run "
+            "their code, and kdistill will not execute code from a file. If you trust the file, convert it once to "
+            f"a plain state_dict: python -c \"import torch; m = torch.load('{path}', weights_only=False); "
+            "torch.save(m.state_dict() if hasattr(m, 'state_dict') else m, 'weights.pt')\""
         ) from None
     except Exception as e:  # noqa: BLE001 - torch's legacy unpickler raises KeyError, ValueError, ...
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {type(e).__name__}: {e}") from None

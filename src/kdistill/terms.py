@@ -40,6 +40,7 @@ from kdistill.losses import (
     similarity_preserving_loss,
     wttm_loss,
 )
+from kdistill.suggest import suggest_key
 from kdistill.taps import LayerError, probe_shapes
 
 LOGITS = "logits"
@@ -387,8 +388,8 @@ def check_options(method: str, options: dict[str, Any]) -> None:
     valid = method_options(method)
     for key in options:
         if key not in valid:
-            close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = suggest_key(key, list(valid))
+            hint = f"; did you mean {close!r}?" if close else ""
             listed = ", ".join(valid) if valid else "none"
             raise TermError(f"{method} has no option {key!r}{hint} (its options: {listed})")
 

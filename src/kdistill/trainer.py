@@ -219,6 +219,7 @@ class _Fit:
         self.history: list[dict] = []
         self.best_acc, self.best_nll, self.best_epoch, self.best_state = -1.0, math.inf, -1, None
         self.seconds, self.start = 0.0, 0
+        self.last_loss: float | None = None  # for the message when a loss turns non-finite
 
     # ------------------------------------------------------------------ restore
 
@@ -256,12 +257,13 @@ class _Fit:
         t0 = time.perf_counter()
         show = self.progress and tqdm is not None
         bar = tqdm(self.loader, desc=f"{self.desc} {epoch + 1}/{self.cfg.epochs}", leave=False, disable=not show)
-        for batch in bar:
+        for step, batch in enumerate(bar):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             batch = self.objective.student_batch(batch, epoch, self.seed, self.augment)
-            out = self._step(batch, epoch)
+            out = self._step(batch, epoch, step)
             n = batch["x"].shape[0]
-            sums["loss"] = sums.get("loss", 0.0) + out.loss.item() * n
+            self.last_loss = out.loss.item()
+            sums["loss"] = sums.get("loss", 0.0) + self.last_loss * n
             for k, v in out.parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
             y = batch["y"] if out.targets is None else out.targets
@@ -271,12 +273,15 @@ class _Fit:
         self.seconds += time.perf_counter() - t0
         return sums, correct, seen
 
-    def _step(self, batch: Batch, epoch: int):  # noqa: ANN202 - a StepOutput
+    def _step(self, batch: Batch, epoch: int, step: int):  # noqa: ANN202 - a StepOutput
         with self.autocast:
             out = self.runner(batch)
         if not torch.isfinite(out.loss):
+            last = f"{self.last_loss:.4g}" if self.last_loss is not None else "none yet"
             raise FloatingPointError(
-                f"{self.desc}: loss became {out.loss.item()} at epoch {epoch + 1}; lower the learning rate"
+                f"{self.desc}: loss became {out.loss.item()} at epoch {epoch + 1}, step {step + 1} of "
+                f"{len(self.loader)} (last finite loss: {last}); lower the learning rate (lr={self.cfg.lr} now) "
+                "or a loss weight and run again (the last finished epoch is kept in last.pt)"
             )
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()

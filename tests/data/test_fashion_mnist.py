@@ -34,16 +34,33 @@ def _write_fake_fashion(d: Path) -> Path:
 
 
 def test_find_fashion_mnist_missing_lists_places_and_fix(tmp_path: Path, isolated_search: dict[str, Path]) -> None:
-    root = tmp_path / "no-files-here"
-    root.mkdir()
     with pytest.raises(DataError) as info:
-        find_fashion_mnist(root=str(root), download=False)
+        find_fashion_mnist(download=False)
     msg = str(info.value)
-    for d in (root, isolated_search["debian"], isolated_search["cache"]):
+    for d in (isolated_search["debian"], isolated_search["cache"]):
         assert f"  - {d}" in msg
     assert "apt-get install dataset-fashion-mnist" in msg
     assert "download disabled" in msg
     assert all(f in msg for f in FASHION_FILES.values())
+
+
+def test_an_explicit_root_without_the_files_is_an_error_even_when_they_exist_elsewhere(
+    tmp_path: Path, isolated_search: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KDISTILL_DATA", str(_write_fake_fashion(tmp_path / "elsewhere")))
+    with pytest.raises(DataError) as info:
+        find_fashion_mnist(root=str(tmp_path / "nonexistent"), download=False)
+    msg = str(info.value)
+    assert f"data.root={tmp_path / 'nonexistent'}" in msg and "missing train-images-idx3-ubyte.gz" in msg
+    assert "elsewhere" not in msg
+
+
+def test_an_explicit_root_is_never_downloaded_into(tmp_path: Path, isolated_search: dict[str, Path]) -> None:
+    mirror = _write_fake_fashion(tmp_path / "mirror")
+    root = tmp_path / "mine"
+    with pytest.raises(DataError, match="data.root="):
+        find_fashion_mnist(root=str(root), download=True, mirror=mirror.as_uri())
+    assert not root.exists()
 
 
 def test_find_fashion_mnist_needs_all_four_files(tmp_path: Path, isolated_search: dict[str, Path]) -> None:

@@ -39,3 +39,41 @@ def test_run_writes_a_self_contained_report(tmp_path: Path) -> None:
 def test_report_of_a_directory_that_is_no_run_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "not a kdistill run directory" in capsys.readouterr().err
+
+
+EVIL = "<script>alert(1)</script>"
+
+
+def test_strings_from_data_and_config_render_as_text_in_both_reports(tmp_path: Path) -> None:
+    import numpy as np
+
+    gen = np.random.default_rng(0)
+    root = tmp_path / "data"
+    root.mkdir()
+    x, y = gen.random((120, 8, 8), dtype=np.float32), np.arange(120) % 2
+    np.savez(root / "a.npz", x_train=x[:80], y_train=y[:80], x_test=x[80:], y_test=y[80:])
+    desc = 'a description full of &<>"| and <b>bold</b>'
+    ov = [
+        "data.name=arrays",
+        f"data.root={root}",
+        "data.val_size=20",
+        f"data.arrays.class_names=['{EVIL}', 'b|c']",
+        "teacher.model.arch=mlp",
+        "teacher.model.kwargs={hidden: [8]}",
+        "teacher.train.epochs=1",
+        "student.model.kwargs={hidden: [4]}",
+        "student.train.epochs=1",
+        "seeds=[0]",
+        "threads=1",
+        f"output_dir={tmp_path}",
+        "name=run<i>x&y",
+        f"description={desc!r}",
+    ]
+    run_experiment(load_config(None, ov))
+    run = tmp_path / "run<i>x&y"
+    for page in [(run / "report.html").read_text(), (run / "summary.md").read_text()]:
+        # no tag from the data or the config gets through
+        assert "<script" not in page and "<b>bold" not in page and "<i>x" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+    md = (run / "summary.md").read_text()
+    assert "b\\|c" in md and '&amp;&lt;&gt;"\\|' in md  # no table split by a '|' from the data

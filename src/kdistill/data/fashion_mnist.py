@@ -63,8 +63,23 @@ def fashion_search_dirs(root: str | None) -> list[Path]:
 
 
 def find_fashion_mnist(root: str | None = None, download: bool = True, mirror: str | None = None) -> Path:
-    """Return the directory holding the four Fashion-MNIST files, downloading them if allowed."""
-    dirs = fashion_search_dirs(root)
+    """Return the directory holding the four Fashion-MNIST files, downloading them if allowed.
+
+    An explicit ``root`` is the only place looked at, and never written to: a run that names a directory must
+    not quietly train on files found somewhere else. Without one, ``$KDISTILL_DATA``, Debian's directory and
+    the user cache are searched in that order, and a download goes to the user cache.
+    """
+    if root:
+        d = Path(root).expanduser()
+        missing = [f for f in FASHION_FILES.values() if not (d / f).is_file()]
+        if not missing:
+            return d
+        raise DataError(
+            f"Fashion-MNIST not found in data.root={root}: missing {', '.join(missing)}\n"
+            "Fix: point data.root at the directory that holds the four files, or leave data.root unset to search "
+            "$KDISTILL_DATA, /usr/share/datasets/fashion-mnist and the user cache (downloading there if allowed)."
+        )
+    dirs = fashion_search_dirs(None)
     for d in dirs:
         if all((d / f).is_file() for f in FASHION_FILES.values()):
             return d

@@ -134,13 +134,18 @@ def _load(cfg: ExperimentConfig, smoke: bool) -> DataBundle:
     return data
 
 
+def plain_run_dir(cfg: Any, smoke: bool) -> Path:
+    """Where a text or encoder config's run goes: ``output_dir/name``, ``-smoke`` for smoke runs."""
+    return Path(cfg.output_dir) / (cfg.name + ("-smoke" if smoke else ""))
+
+
 def open_run_dir(cfg: Any, smoke: bool, resume: bool) -> tuple[Path, dict]:
     """The run directory of a text or encoder config (``output_dir/name``, ``-smoke`` for smoke runs), created,
     with the resolved config written to ``config.yaml``; ``resume`` first checks the saved config is the same
     (``threads`` may differ). Sets the thread count. Returns the directory and the resolved config."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run_dir = Path(cfg.output_dir) / (cfg.name + ("-smoke" if smoke else ""))
+    run_dir = plain_run_dir(cfg, smoke)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = cfg.model_dump(mode="json")
     if resume:

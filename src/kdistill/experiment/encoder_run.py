@@ -40,9 +40,10 @@ from kdistill.encoder.models import (
 )
 from kdistill.encoder.objectives import ContrastiveScratch, EncoderDistiller
 from kdistill.encoder.sentences import SPLITS, TokenizedSplit, read_sentences, tokenize
-from kdistill.experiment.context import log, open_run_dir
+from kdistill.experiment.context import log, open_run_dir, plain_run_dir
 from kdistill.export import check_onnx, export_onnx
 from kdistill.io import atomic_save, atomic_write_text, safe_load
+from kdistill.lock import run_lock
 from kdistill.models import count_params
 from kdistill.report.encoder import write_encoder_summary
 from kdistill.teacher import FrozenTeacher
@@ -78,6 +79,11 @@ class EncoderRun:
 
 
 def run_encoder(cfg: EncoderExperimentConfig, smoke: bool = False, resume: bool = False) -> dict:
+    with run_lock(plain_run_dir(cfg, smoke)):  # one writer per run directory
+        return _run_encoder(cfg, smoke, resume)
+
+
+def _run_encoder(cfg: EncoderExperimentConfig, smoke: bool, resume: bool) -> dict:
     run_dir, resolved = open_run_dir(cfg, smoke, resume)
 
     teacher, tok, tdir = load_encoder(cfg.teacher.path)

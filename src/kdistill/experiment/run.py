@@ -20,6 +20,7 @@ from kdistill.experiment.context import RunContext, log, open_run, run_dir_of, s
 from kdistill.experiment.evaluate import deployment
 from kdistill.experiment.roles import ROLES
 from kdistill.experiment.teachers import prepare_teacher
+from kdistill.lock import run_lock
 from kdistill.report.html import build_report
 from kdistill.report.summary import write_summary
 
@@ -34,6 +35,11 @@ def run_experiment(cfg: ExperimentConfig, smoke: bool = False, resume: bool = Fa
     """
     if smoke:
         cfg = smoke_config(cfg)
+    with run_lock(run_dir_of(cfg)):  # one writer per run directory: a second run fails at once, naming this one
+        return _run(cfg, smoke, resume)
+
+
+def _run(cfg: ExperimentConfig, smoke: bool, resume: bool) -> dict:
     if resume:
         check_resumable(run_dir_of(cfg), cfg)
     ctx = open_run(cfg, smoke, resume)

@@ -25,8 +25,9 @@ from torch import nn
 
 from kdistill.caches import state_fingerprint
 from kdistill.data import Split
-from kdistill.experiment.context import log, open_run_dir
+from kdistill.experiment.context import log, open_run_dir, plain_run_dir
 from kdistill.io import atomic_save, atomic_write_text, safe_load
+from kdistill.lock import run_lock
 from kdistill.models import count_params
 from kdistill.plugins import import_callable
 from kdistill.report.text import write_text_summary
@@ -137,6 +138,11 @@ def describe(data: Any, corpus_cfg: Any) -> dict:
 
 
 def run_text(cfg: TextExperimentConfig, smoke: bool = False, resume: bool = False) -> dict:
+    with run_lock(plain_run_dir(cfg, smoke)):  # one writer per run directory
+        return _run_text(cfg, smoke, resume)
+
+
+def _run_text(cfg: TextExperimentConfig, smoke: bool, resume: bool) -> dict:
     run_dir, _ = open_run_dir(cfg, smoke, resume)
     data, hf_tok = load_corpus_data(cfg, smoke)
     students = _transfer_set(data.train, cfg.kd.transfer_blocks)

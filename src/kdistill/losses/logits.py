@@ -294,9 +294,7 @@ def gradient_reversal(x: torch.Tensor, scale: float) -> torch.Tensor:
     return _GradientReversal.apply(x, scale)
 
 
-def learned_temperature_kd(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: torch.Tensor
-) -> torch.Tensor:
+def learned_temperature_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     """``T^2 * KL(softmax(t/T) || softmax(s/T))`` with ``T`` a 0-dim tensor that may carry a gradient (CTKD)."""
     if T.dim() != 0:
         raise ValueError(f"learned_temperature_kd needs a scalar temperature, got shape {tuple(T.shape)}")

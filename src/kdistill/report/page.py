@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kdistill.environment import environment
 from kdistill.io import atomic_write_text
-from kdistill.report.summary import run_command
+from kdistill.report.summary import md_text, run_command
 
 CSS = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:3px 8px;border-bottom:1px solid #ddd}"
 
@@ -24,8 +24,8 @@ def md_heading(summary: dict, what: str) -> list[str]:
     """A summary's title (marked when it is a smoke run of a few ``what``) and the config's description."""
     cfg = summary["config"]
     smoke = f" (smoke run: a few {what} and steps, numbers meaningless)" if summary["smoke"] else ""
-    lines = [f"# {cfg['name']}{smoke}", ""]
-    return lines + ([cfg["description"].strip(), ""] if cfg.get("description") else [])
+    lines = [f"# {md_text(cfg['name'])}{smoke}", ""]
+    return lines + ([md_text(cfg["description"].strip()), ""] if cfg.get("description") else [])
 
 
 def html_table(head: list[str], rows: list[list[str]]) -> str:

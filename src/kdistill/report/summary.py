@@ -59,6 +59,13 @@ def gap_recovered(agg: dict[str, dict[str, float]]) -> float | None:
     return (k - s) / (t - s) if abs(t - s) > 1e-12 else None
 
 
+def md_text(value: object) -> str:
+    """Text from data or config made inert in Markdown: ``&``, ``<`` and ``>`` as entities (no HTML gets through
+    a Markdown renderer), ``|`` escaped (no table is split), line breaks as spaces."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return " ".join(text.splitlines())
+
+
 def summary_markdown(summary: dict) -> str:
     """``summary.md``: what was run, mean ± std per role, what follows from it, deployment, every model."""
     lines = [*_md_results(summary), *_md_findings(summary), *_left_out_markdown(summary), *deploy_markdown(summary)]
@@ -86,16 +93,17 @@ def data_line(summary: dict) -> str:
 
 def _md_results(summary: dict) -> list[str]:
     agg, cfg = summary["aggregate"], summary["config"]
-    lines = [f"# {cfg['name']}" + (" (smoke run: tiny data, 1 epoch, numbers meaningless)" if summary["smoke"] else "")]
+    smoke = " (smoke run: tiny data, 1 epoch, numbers meaningless)" if summary["smoke"] else ""
+    lines = [f"# {md_text(cfg['name'])}{smoke}"]
     if cfg.get("description"):
-        lines += ["", cfg["description"].strip()]
+        lines += ["", md_text(cfg["description"].strip())]
+    t, s = cfg["teacher"]["model"], cfg["student"]["model"]
     lines += [
         "",
-        f"Dataset {cfg['data']['name']}; teacher `{cfg['teacher']['model']['arch']}` "
-        f"{cfg['teacher']['model']['kwargs']}; student `{cfg['student']['model']['arch']}` "
-        f"{cfg['student']['model']['kwargs']}; KD T={cfg['kd']['T']}, alpha={cfg['kd']['alpha']}, "
+        f"Dataset {md_text(cfg['data']['name'])}; teacher {md_text(t['arch'])} {md_text(t['kwargs'])}; student "
+        f"{md_text(s['arch'])} {md_text(s['kwargs'])}; KD T={cfg['kd']['T']}, alpha={cfg['kd']['alpha']}, "
         f"transfer set: {cfg['kd']['transfer']}; seeds {cfg['seeds']}.",
-        *(["", line] if (line := data_line(summary)) else []),
+        *(["", md_text(line)] if (line := data_line(summary)) else []),
         "",
         "| role | params | test acc % (mean ± std) | test errors | test NLL | train s | n |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -129,7 +137,7 @@ def _md_findings(summary: dict) -> list[str]:
             lines.append(f"- The student has {1 / c:.1f}× more parameters than the teacher.")
     for name, info in summary.get("roles", {}).items():
         if info.get("description"):
-            lines.append(f"- {name}: {info['description']}.")
+            lines.append(f"- {name}: {md_text(info['description'])}.")
     return lines
 
 
@@ -215,7 +223,7 @@ def _left_out_markdown(summary: dict) -> list[str]:
         sep += "---:|---:|"
     lines = [
         "",
-        f"## Left out of the transfer set: classes {cfg['kd']['exclude_classes']}",
+        f"## Left out of the transfer set: classes {md_text(cfg['kd']['exclude_classes'])}",
         "",
         "No student saw a training image of these classes; the teacher did. The label-free correction shifts "
         "their logits until the student's mean predicted probability of each on the validation images (pixels "
