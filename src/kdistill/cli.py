@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from kdistill.taps import format_layer_table, layer_table
 from kdistill.text.config import load_text_config
 from kdistill.text.tokenizers import TextError
 from kdistill.toy import run_toy
+from kdistill.trainer import RunInterrupted
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -237,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args))
+    except RunInterrupted as e:
+        again = [*(sys.argv[1:] if argv is None else argv)]
+        if args.command == "run" and "--resume" not in again:
+            again.append("--resume")
+        print(f"kdistill: interrupted: {e}", file=sys.stderr)
+        if args.command == "run":
+            print(f"  continue with: kdistill {shlex.join(again)}", file=sys.stderr)
+        return 130
     # ValueError: model spec / checkpoint shape problems carry their own explanation; FloatingPointError: a
     # diverging run, with its role, seed, epoch and step.
     except (

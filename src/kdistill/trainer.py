@@ -14,8 +14,10 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +128,37 @@ def _maybe_kill() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM arrived: training stopped at the end of the step it was in. Every file on disk is whole
+    (checkpoints are written atomically at epoch ends), so ``--resume`` continues from the last finished epoch."""
+
+
+_stop: list[str] = []  # the name of the signal that asked training to stop, once one has
+
+
+@contextmanager
+def _stop_between_steps() -> Iterator[None]:
+    """While training, SIGINT / SIGTERM only ask to stop (checked after each optimizer step) instead of killing
+    the process wherever it is; a second one stops at once. Outside the main thread, signals are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum: int, frame: object) -> None:
+        if _stop:  # asked twice: the user means now
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        _stop.append(signal.Signals(signum).name)
+
+    _stop.clear()
+    old = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 @dataclass
 class FitResult:
     best_epoch: int
@@ -167,9 +200,10 @@ def fit(
     if resume:
         run.restore()
     run.write_metrics()  # the metrics file always matches the history (none on a fresh start)
-    for epoch in range(run.start, run.cfg.epochs):
-        sums, correct, seen = run.train_epoch(epoch)
-        run.end_epoch(epoch, sums, correct, seen)
+    with _stop_between_steps():
+        for epoch in range(run.start, run.cfg.epochs):
+            sums, correct, seen = run.train_epoch(epoch)
+            run.end_epoch(epoch, sums, correct, seen)
     return run.finish()
 
 
@@ -263,6 +297,11 @@ class _Fit:
             out = self._step(batch, epoch, step)
             n = batch["x"].shape[0]
             self.last_loss = out.loss.item()
+            if _stop:
+                raise RunInterrupted(
+                    f"{self.desc}: {_stop[0]} at epoch {epoch + 1}, step {step + 1} of {len(self.loader)}; stopped "
+                    f"after that step. Every file is whole; the last checkpoint is the end of epoch {epoch}"
+                )
             sums["loss"] = sums.get("loss", 0.0) + self.last_loss * n
             for k, v in out.parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
