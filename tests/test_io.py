@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,22 @@ def test_a_pickled_module_is_named_and_a_plain_checkpoint_has_no_unsafe_globals(
     assert pickled_globals(tmp_path / "ok.pt") == []
     with pytest.raises(CheckpointError, match=r"torch.nn.modules.linear.Linear"):
         safe_load(tmp_path / "module.pt")
+
+
+def test_replace_dir_swaps_in_one_step_where_linux_allows(tmp_path: Path) -> None:
+    from kdistill.io import exchange_paths, replace_dir
+
+    out, new = tmp_path / "export", tmp_path / "new"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    if sys.platform.startswith("linux"):
+        a, b = tmp_path / "a", tmp_path / "b"
+        a.mkdir()
+        b.mkdir()
+        (a / "x").write_text("a")
+        assert exchange_paths(a, b) and (b / "x").read_text() == "a" and not (a / "x").exists()
+    replace_dir(new, out)
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no leftovers

@@ -6,6 +6,7 @@ place, so an interrupted run never leaves a half-written checkpoint or summary b
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import pickletools
@@ -61,13 +62,29 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
     _atomic(Path(dst), lambda f: f.write(Path(src).read_bytes()))
 
 
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or the file system cannot, and nothing was changed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
 def replace_dir(tmp: Path, out: Path) -> None:
-    """Put the finished directory ``tmp`` where ``out`` is, replacing an earlier ``out`` only once the new one
-    is in place (an interruption leaves the old one or the new one, never a mixture or nothing)."""
+    """Put the finished directory ``tmp`` where ``out`` is, replacing an earlier ``out`` atomically: a reader or an
+    interruption sees the old directory or the new one, never a mixture or nothing. Where the system cannot swap
+    two directories in one step, two renames are used and an interruption between them leaves the old one
+    under ``.<name>.*.old/`` beside ``out``."""
     mask = umask()
     os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700 (and safetensors 0600): give ordinary permissions
     for f in tmp.iterdir():
         os.chmod(f, 0o666 & ~mask)
+    if out.exists() and exchange_paths(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old directory
+        return
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
