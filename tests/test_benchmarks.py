@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kdistill.data import DataError, find_fashion_mnist
+from tests.helpers import skip_without_fashion
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,10 +37,7 @@ def test_reuse_compares_resolved_configs_with_defaults_for_new_keys() -> None:
 
 
 def test_methods_smoke_table_has_base_method_and_mode_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        find_fashion_mnist(download=False)
-    except DataError:
-        pytest.skip("Fashion-MNIST files not installed (run scripts/get_data.sh)")
+    skip_without_fashion()
     monkeypatch.chdir(ROOT)  # the configs name the shipped teacher checkpoint relative to the repo root
     m = _methods()
     keep = {"sp", "born_again"}
@@ -76,10 +73,7 @@ def test_patient_goal_needs_accuracy_and_margin_at_one_budget() -> None:
 
 
 def test_patient_smoke_compares_recipes_at_equal_budgets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        find_fashion_mnist(download=False)
-    except DataError:
-        pytest.skip("Fashion-MNIST files not installed (run scripts/get_data.sh)")
+    skip_without_fashion()
     monkeypatch.chdir(ROOT)
     p = _load("patient")
     res = p.run_all(["scratch", "kd", "fm_mixup"], [1], [0], 1, 1, tmp_path, smoke=True, reuse=False, views=(2,))

@@ -99,3 +99,15 @@ def test_find_fashion_mnist_rejects_corrupt_download(tmp_path: Path, isolated_se
     assert "download failed" in msg and FASHION_FILES["train_images"] in msg
     cache = isolated_search["cache"]
     assert not cache.exists() or not any(p.name.startswith("train-images") for p in cache.iterdir())
+
+
+def test_ci_fails_instead_of_skipping_when_the_data_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.helpers as h
+
+    monkeypatch.setattr(h, "fashion_available", lambda: False)
+    monkeypatch.setenv("KDISTILL_REQUIRE_FASHION", "1")
+    with pytest.raises(pytest.fail.Exception, match="KDISTILL_REQUIRE_FASHION=1"):
+        h.skip_without_fashion()
+    monkeypatch.delenv("KDISTILL_REQUIRE_FASHION")
+    with pytest.raises(pytest.skip.Exception):
+        h.skip_without_fashion()

@@ -12,7 +12,7 @@ from kdistill.config import load_config
 from kdistill.experiment.roles import ROLES
 from kdistill.experiment.run import run_experiment
 from tests.data.builders import images, write_arrays, write_cifar10, write_folder, write_idx_files
-from tests.helpers import ROOT, fashion_available, synthetic_overrides
+from tests.helpers import ROOT, skip_without_fashion, synthetic_overrides
 
 # own_data configs need data.root (run on generated data below); text configs: tests/experiment/test_text_run.py
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in ("own_data", "text"))
@@ -27,8 +27,8 @@ def test_configs_are_shipped() -> None:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
 def test_every_shipped_config_smoke(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(config, [f"output_dir={tmp_path}", "threads=1"])
-    if cfg.data.name == "fashion_mnist" and not fashion_available():
-        pytest.skip("Fashion-MNIST files not installed (run scripts/get_data.sh)")
+    if cfg.data.name == "fashion_mnist":
+        skip_without_fashion()
     monkeypatch.chdir(ROOT)  # shipped configs name the teacher checkpoint relative to the repo root
     summary = run_experiment(cfg, smoke=True)
     run_dir = tmp_path / f"{cfg.name}-smoke"
