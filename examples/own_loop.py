@@ -68,7 +68,8 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def main() -> None:
+def main() -> dict[str, float]:
+    """Train the three models; print and return their test accuracies."""
     torch.manual_seed(0)
     torch.set_num_threads(2)
     data = load_data("digits", val_size=150)
@@ -78,12 +79,14 @@ def main() -> None:
 
     teacher = MyTeacher()
     train(teacher, lambda b: F.cross_entropy(teacher(b["x"]), b["y"]), BatchLoader(data.train, 64, shuffle=True), 30)
-    print(f"teacher   ({params(teacher):>6} params): test acc {accuracy(teacher, test_x, test_y):.3f}")
+    acc = {"teacher": accuracy(teacher, test_x, test_y)}
+    print(f"teacher   ({params(teacher):>6} params): test acc {acc['teacher']:.3f}")
 
     torch.manual_seed(1)
     scratch = MyStudent()
     train(scratch, lambda b: F.cross_entropy(scratch(b["x"]), b["y"]), BatchLoader(few, 32, shuffle=True), 60)
-    print(f"scratch   ({params(scratch):>6} params): test acc {accuracy(scratch, test_x, test_y):.3f}")
+    acc["scratch"] = accuracy(scratch, test_x, test_y)
+    print(f"scratch   ({params(scratch):>6} params): test acc {acc['scratch']:.3f}")
 
     torch.manual_seed(1)
     student = MyStudent()
@@ -97,8 +100,10 @@ def main() -> None:
     transfer = data.train.unlabelled()
     transfer.y[:100] = data.train.y[:100]
     train(student, distill, BatchLoader(transfer, 32, shuffle=True), 20)
-    print(f"distilled ({params(student):>6} params): test acc {accuracy(student, test_x, test_y):.3f}")
+    acc["distilled"] = accuracy(student, test_x, test_y)
+    print(f"distilled ({params(student):>6} params): test acc {acc['distilled']:.3f}")
     # Equivalent, as a module: kdistill.Distiller(student, teacher, T=4.0, alpha=0.9)(batch).loss
+    return acc
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kdistill.config import load_config
+from kdistill.experiment.checks import check_resumable
 from kdistill.experiment.run import run_experiment
 from kdistill.io import CheckpointError
 from tests.helpers import cli_run
@@ -91,8 +92,10 @@ def test_resume_with_another_config_names_what_differs(tmp_path: Path) -> None:
     (run / "kd-seed0" / "last.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"kd\.T: 4\.0 in .*config\.yaml, 8\.0 now"):
         run_experiment(load_config(None, [*overrides(tmp_path), "kd.T=8"]), resume=True)
-    # Threads and device only change the speed: they may differ.
-    load_config(None, [*overrides(tmp_path), "threads=2"])
+    # Threads and device only change the speed: they may differ (the check passes), any other key may not.
+    check_resumable(run, load_config(None, [*overrides(tmp_path), "threads=2", "device=cpu"]))
+    with pytest.raises(CheckpointError, match=r"student\.train\.lr"):
+        check_resumable(run, load_config(None, [*overrides(tmp_path), "threads=2", "student.train.lr=0.5"]))
 
 
 def test_resume_with_nothing_to_continue_is_a_clear_error(tmp_path: Path) -> None:
