@@ -109,7 +109,7 @@ class CheckpointError(RuntimeError):
 _PLAIN_GLOBALS = re.compile(
     r"^(torch\._utils\._rebuild_\w+|torch\._tensor\._rebuild_\w+|torch\.\w*Storage|torch\.storage\.\w+"
     r"|torch\.(float|int|uint|bool|bfloat|complex)\d*|torch\.(Size|device)|collections\.OrderedDict"
-    r"|_codecs\.encode|(__builtin__|builtins)\.(set|frozenset|slice|bytearray))$"
+    r"|_codecs\.encode|builtins\.(set|frozenset|slice|bytearray))$"
 )
 
 
@@ -135,6 +135,8 @@ def pickled_globals(path: str | Path) -> list[str]:
                 names.append(f"{strings[-2]}.{strings[-1]}")
     except Exception:  # noqa: BLE001 - a truncated or foreign file: not a pickle we can read
         return []
+    # protocol 2 (torch.save's) spells Python 3's builtins as __builtin__
+    names = [f"builtins.{n.split('.', 1)[1]}" if n.startswith("__builtin__.") else n for n in names]
     return sorted({n for n in names if not _PLAIN_GLOBALS.match(n)})
 
 

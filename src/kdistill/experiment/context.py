@@ -100,18 +100,27 @@ def open_run(cfg: ExperimentConfig, smoke: bool, resume: bool) -> RunContext:
     run_dir = run_dir_of(cfg)
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-        if not resume:  # a fresh start: no earlier run's finished students or checkpoints count
-            for old in [*run_dir.rglob("row.json"), *run_dir.rglob("last.pt")]:
-                old.unlink()
     dist.barrier()
     data = _load(cfg, smoke)
-    if dist.is_main():  # the data as found: classes, counts, normalization, a carved test split's files
-        atomic_write_text(run_dir / "data.json", json.dumps(record(data), indent=1) + "\n")
     if dist.world() > 1:
         dist.check_same(data.fingerprint, "data")
         log(f"distributed: {dist.world()} processes, {device.type}, global batch {cfg.student.train.batch_size}")
     return RunContext(cfg, smoke, resume, device, run_dir, data)
+
+
+def start_writing(ctx: RunContext) -> None:
+    """The point of no return, once every check has passed and the teacher is ready: ``config.yaml`` and
+    ``data.json`` written, and on a fresh start (not ``--resume``) an earlier run's finished students and
+    checkpoints set aside. Before it, a run that fails (bad data, a teacher checkpoint of another model, a
+    role's check) has changed nothing an earlier run left in the directory."""
+    if dist.is_main():
+        atomic_write_text(ctx.run_dir / "config.yaml", ctx.cfg.to_yaml())
+        # the data as found: classes, counts, normalization, a carved test split's files
+        atomic_write_text(ctx.run_dir / "data.json", json.dumps(record(ctx.data), indent=1) + "\n")
+        if not ctx.resume:  # a fresh start: no earlier run's finished students or checkpoints count
+            for old in [*ctx.run_dir.rglob("row.json"), *ctx.run_dir.rglob("last.pt")]:
+                old.unlink()
+    dist.barrier()
 
 
 def _load(cfg: ExperimentConfig, smoke: bool) -> DataBundle:

@@ -16,10 +16,10 @@ from kdistill import dist
 from kdistill.config import ExperimentConfig
 from kdistill.data.inspect import record
 from kdistill.experiment.checks import check_resumable
-from kdistill.experiment.context import RunContext, log, open_run, run_dir_of, smoke_config
+from kdistill.experiment.context import RunContext, log, open_run, run_dir_of, smoke_config, start_writing
 from kdistill.experiment.evaluate import deployment
 from kdistill.experiment.roles import ROLES
-from kdistill.experiment.teachers import prepare_teacher
+from kdistill.experiment.teachers import main_teacher, prepare_teacher
 from kdistill.lock import run_lock
 from kdistill.report.html import build_report
 from kdistill.report.summary import write_summary
@@ -46,6 +46,9 @@ def _run(cfg: ExperimentConfig, smoke: bool, resume: bool) -> dict:
     probed: dict = {}
     for name in dict.fromkeys(cfg.roles):  # bad set-ups fail here, before any training
         ROLES[name].check(ctx, probed)
+    if cfg.teacher.checkpoint:  # a teacher file that does not fit fails here, before the run directory changes
+        main_teacher(ctx)
+    start_writing(ctx)
     rows = [prepare_teacher(ctx)]
     for seed in cfg.seeds:
         for name in cfg.roles:

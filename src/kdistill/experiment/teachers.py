@@ -105,13 +105,18 @@ def _train_teacher(ctx: RunContext, cfg: ExperimentConfig, path: Path, key: str,
     return TeacherInfo(model, "trained", path, res.train_seconds)
 
 
+def main_teacher(ctx: RunContext) -> TeacherInfo:
+    """The run's own teacher, got once per run (loaded, reused from the cache, or trained)."""
+    return ctx.once("teacher:main", lambda: get_teacher(ctx))
+
+
 def prepare_teacher(ctx: RunContext) -> dict:
     """Get the run's teacher, score it, keep its predictions for the report; its summary row.
 
     Predictions are kept so that reports (soft targets, dark knowledge, calibration) are drawn from files,
     never recomputed from logs: the teacher's on validation and test (each student writes its own).
     """
-    t = get_teacher(ctx)
+    t = main_teacher(ctx)
     t.model.to(ctx.device)
     ctx.teacher, ctx.frozen = t, FrozenTeacher(t.model, fast=ctx.fast)
     data = ctx.data
