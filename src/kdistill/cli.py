@@ -23,7 +23,7 @@ from kdistill.data.inspect import describe
 from kdistill.dist import DistError
 from kdistill.encoder.config import load_encoder_config
 from kdistill.experiment.encoder_run import run_encoder
-from kdistill.experiment.run import run_experiment
+from kdistill.experiment.run import JobError, run_experiment
 from kdistill.experiment.sweep import run_sweep
 from kdistill.experiment.text_run import run_text
 from kdistill.export import DEFAULT_FORMATS, export_run
@@ -45,6 +45,8 @@ from kdistill.trainer import RunInterrupted
 
 def _cmd_run(args: argparse.Namespace) -> int:
     task = task_of(args.config, list(args.overrides))
+    if task in ("text", "encoder") and args.jobs != 1:
+        raise ConfigError(f"--jobs applies to image runs; a {task} config trains its seeds in one process")
     if task == "text":  # a language-model run
         summary = run_text(load_text_config(args.config, list(args.overrides)), smoke=args.smoke, resume=args.resume)
         print(text_markdown(summary).split("\n**")[0])
@@ -55,8 +57,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     cfg = load_config(args.config, overrides)
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: give a number of processes >= 1")
+    seeds = [int(s) for s in args.worker_seeds.split(",")] if args.worker_seeds else None
     try:
-        summary = run_experiment(cfg, smoke=args.smoke, resume=args.resume)
+        summary = run_experiment(cfg, smoke=args.smoke, resume=args.resume, jobs=args.jobs, worker_seeds=seeds)
     finally:
         dist.teardown()
     if summary:  # rank 0 of a distributed run, or a single process
@@ -142,6 +147,14 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run of the same config from its last checkpoints"
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train the seeds in N processes (threads split between them) and write one summary",
+    )
+    p.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)  # a --jobs worker's share
     p.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
@@ -257,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         DistError,
         TextError,
         RunDirBusy,
+        JobError,
         ValueError,
         FloatingPointError,
     ) as e:

@@ -90,9 +90,10 @@ class KD(Role):
     def run(self, ctx: RunContext, seed: int) -> list[dict]:
         cfg = ctx.cfg
         assert ctx.frozen is not None and ctx.teacher is not None
-        source = teacher_source(ctx, ctx.frozen, cfg.student.train, teacher_layers(cfg.terms), key="teacher")
 
         def objective(student: nn.Module) -> Objective:
+            # built here, when a student actually trains (not for one kept by --resume or a --jobs worker)
+            source = teacher_source(ctx, ctx.frozen, cfg.student.train, teacher_layers(cfg.terms), key="teacher")
             terms = kd_terms(ctx, student, ctx.teacher.model)  # adapters draw their weights after the student's
             return Distiller(student, ctx.frozen, T=cfg.kd.T, alpha=cfg.kd.alpha, source=source, terms=terms)
 
