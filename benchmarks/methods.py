@@ -190,6 +190,11 @@ def run_scenario(
         "wall_seconds": time.perf_counter() - t0,
         "table": table,
         "reused": [s["config"]["name"] for s in summaries if s.get("reused")],
+        # what trained each run (a --reuse table may be assembled elsewhere): from the run's own summary
+        "trained_on": {
+            s["config"]["name"]: machine_line(s.get("environment")) or "not recorded (a run older than the record)"
+            for s in summaries
+        },
         "skipped": skipped,
         "environment": {**environment(), "threads": threads},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -221,8 +226,14 @@ def markdown(res: dict) -> str:
         f"{res['wall_seconds'] / 60:.0f} min on {res['threads']} thread(s) in this invocation{reused}; "
         f"command: `{res['command']}`",
     ]
+    by_machine: dict[str, list[str]] = {}
+    for name, machine in (res.get("trained_on") or {}).items():
+        by_machine.setdefault(machine, []).append(name)
+    if by_machine:
+        lines += ["", "Trained on (each run's own record):"]
+        lines += [f"- {m.removeprefix('Measured on ')}: {', '.join(names)}" for m, names in by_machine.items()]
     if machine := machine_line(res.get("environment")):
-        lines += ["", machine]
+        lines += ["", f"Table assembled on: {machine.removeprefix('Measured on ')}"]
     return "\n".join(lines) + "\n"
 
 

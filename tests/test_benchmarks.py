@@ -56,7 +56,11 @@ def test_methods_smoke_table_has_base_method_and_mode_rows(tmp_path: Path, monke
     assert table["sp"]["extra_params"] == 0 and table["born_again/ensemble"]["extra_params"] > 0
     md = m.markdown(res)
     assert "| born_again/ensemble |" in md and "Not run (`--skip`)" in md
-    assert f"Measured on {res['environment']['cpu']}" in md and "1 thread(s)" in md
+    # each run names the machine that trained it (from its own summary), the table the one that assembled it
+    assert f"Table assembled on: {res['environment']['cpu']}" in md and "1 thread(s)" in md
+    names = {"fashion_mnist_hinton-smoke", "fashion_mnist_sp-smoke", "fashion_mnist_born_again-smoke"}
+    assert set(res["trained_on"]) == names
+    assert f"- {res['environment']['cpu']}" in md
 
 
 def _row(recipe: str, budget: int, acc: float, scratch: float) -> dict:
