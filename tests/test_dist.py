@@ -128,3 +128,31 @@ def test_ranks_that_disagree_on_the_config_fail_fast(tmp_path: Path) -> None:
         msg = (tmp_path / f"rank{rank}.txt").read_text()
         assert "the ranks of this distributed run disagree on the resolved config" in msg
     assert not (tmp_path / "out" / "ddp").exists()  # failed before writing anything
+
+
+def test_a_rank_killed_mid_training_stops_the_others_and_resume_finishes_where_one_process_ends(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    single = run_experiment(load_config(None, overrides(tmp_path / "one")))
+    os.environ["KDISTILL_KILL_AFTER_STEPS"], os.environ["KDISTILL_KILL_RANK"] = "30", "1"
+    try:
+        t0 = time.monotonic()
+        res = _torchrun(overrides(tmp_path / "two"), tmp_path)
+        elapsed = time.monotonic() - t0
+    finally:
+        del os.environ["KDISTILL_KILL_AFTER_STEPS"], os.environ["KDISTILL_KILL_RANK"]
+    assert res.returncode != 0
+    assert elapsed < 60, elapsed  # rank 0 does not hang on its lost peer (the issue asks <= 60 s)
+    assert "rank" in res.stderr.lower() and ("exitcode: -9" in res.stderr or "Signals.SIGKILL" in res.stderr)
+    again = _torchrun([*overrides(tmp_path / "two"), "--resume"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    done = json.loads((tmp_path / "two" / "ddp" / "summary.json").read_text())
+    for a, b in zip(single["rows"], done["rows"], strict=True):
+        assert (a["role"], a["seed"], a["test_acc"], a["val_acc"]) == (
+            b["role"],
+            b["seed"],
+            b["test_acc"],
+            b["val_acc"],
+        )

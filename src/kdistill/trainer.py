@@ -124,7 +124,9 @@ _steps_taken = 0
 def _maybe_kill() -> None:
     global _steps_taken
     _steps_taken += 1
-    if _steps_taken == int(os.environ.get("KDISTILL_KILL_AFTER_STEPS", "0")):
+    # KDISTILL_KILL_RANK: under torchrun, only that rank dies (the test of a rank lost mid-training)
+    rank_ok = os.environ.get("KDISTILL_KILL_RANK") in (None, str(dist.rank()))
+    if _steps_taken == int(os.environ.get("KDISTILL_KILL_AFTER_STEPS", "0")) and rank_ok:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
