@@ -103,9 +103,12 @@ def run_all(
     smoke: bool,
     reuse: bool,
     views: tuple[int, ...] = (),
+    pairs: list[tuple[str, int]] | None = None,
 ) -> dict:
+    """Every recipe at every budget, or exactly ``pairs`` of (recipe, budget) when given."""
     t0 = time.perf_counter()
-    todo = [(r, b) for b in budgets for r in recipes]
+    todo = pairs if pairs is not None else [(r, b) for b in budgets for r in recipes]
+    budgets = list(dict.fromkeys(b for _, b in todo))
     args = [(r, b, seeds, threads, out, smoke, reuse) for r, b in todo]
     if jobs > 1:
         # spawn: a fresh interpreter per worker, so no worker inherits this process's torch thread pool
@@ -121,7 +124,7 @@ def run_all(
     for b in budgets:
         scratch = stats(_role_rows(runs["scratch", b]), "test_acc")[0] if ("scratch", b) in runs else None
         kd = stats(_role_rows(runs["kd", b]), "test_acc")[0] if ("kd", b) in runs else None
-        for r in recipes:
+        for r in [r for r, bb in todo if bb == b]:
             s = runs[r, b]
             rows = _role_rows(s)
             mean, std = stats(rows, "test_acc")
@@ -144,7 +147,7 @@ def run_all(
                 }
             )
     return {
-        "recipes": recipes,
+        "recipes": list(dict.fromkeys(r for r, _ in todo)),
         "budgets": budgets,
         "seeds": seeds,
         "threads": threads,
@@ -267,17 +270,22 @@ def main() -> None:
     ap.add_argument("--out", default="runs/patient")
     ap.add_argument("--smoke", action="store_true", help="tiny data, one epoch: checks the benchmark runs")
     ap.add_argument("--reuse", action="store_true", help="take finished runs under --out whose config is unchanged")
+    ap.add_argument("--runs", default="", help="exact recipe@epochs pairs instead, e.g. scratch@16,kd@64")
     ap.add_argument("--view-cost", default="", help="also time view-cache builds for these K, e.g. 8,32")
     args = ap.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    unknown = [r for r in recipes if r not in RECIPES]
-    if unknown:
-        ap.error(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
     budgets = [int(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     views = [int(k) for k in args.view_cost.split(",") if k.strip()]
-    res = run_all(recipes, budgets, seeds, args.threads, args.jobs, out, args.smoke, args.reuse, views)
+    pairs = None
+    if args.runs:
+        pairs = [(p.split("@")[0].strip(), int(p.split("@")[1])) for p in args.runs.split(",") if p.strip()]
+        recipes = [r for r, _ in pairs]
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        ap.error(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
+    res = run_all(recipes, budgets, seeds, args.threads, args.jobs, out, args.smoke, args.reuse, tuple(views), pairs)
     atomic_write_text(out / "patient.json", json.dumps(res, indent=2))
     atomic_write_text(out / "patient.md", markdown(res))
     print(markdown(res), flush=True)

@@ -76,3 +76,12 @@ def test_a_second_run_on_a_busy_directory_fails_at_once_and_loses_nothing(
     assert err.startswith("kdistill: error: run directory") and f"PID {live_pid}" in err and "Traceback" not in err
     assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME, "summary.json"]  # nothing written, nothing lost
     assert "the first run's" in (run_dir / "summary.json").read_text()
+
+
+def test_a_lock_on_a_new_directory_leaves_no_empty_directory_behind(tmp_path: Path) -> None:
+    with pytest.raises(KeyError), run_lock(tmp_path / "new"):
+        raise KeyError("failed before writing anything")
+    assert not (tmp_path / "new").exists()
+    with run_lock(tmp_path / "kept"):
+        (tmp_path / "kept" / "summary.json").write_text("{}")
+    assert (tmp_path / "kept" / "summary.json").is_file()

@@ -8,14 +8,16 @@ on local file systems); a lock whose process no longer exists on this host is st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from kdistill import dist
 
 LOCK_NAME = ".kdistill.lock"
 
@@ -41,16 +43,18 @@ def _holder(path: Path) -> dict:
         return {}  # being written right now, or damaged: treated as held by an unknown process
 
 
-@contextmanager
+@contextlib.contextmanager
 def run_lock(run_dir: Path, enabled: bool | None = None) -> Iterator[None]:
     """Hold ``run_dir``'s lock for the ``with`` block (creating the directory). ``enabled`` defaults to "this is
-    rank 0" (``$RANK`` unset or 0): the other ranks of a distributed run write nothing, rank 0 holds the lock."""
+    rank 0" (of a process group already set up, else ``$RANK`` unset or 0): the other ranks of a distributed run
+    write nothing, rank 0 holds the lock."""
     if enabled is None:
-        enabled = int(os.environ.get("RANK", "0")) == 0
+        enabled = dist.is_main() and int(os.environ.get("RANK", "0")) == 0
     if not enabled:
         yield
         return
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
     me = {
@@ -82,3 +86,6 @@ def run_lock(run_dir: Path, enabled: bool | None = None) -> Iterator[None]:
     finally:
         if _holder(path).get("pid") == me["pid"]:
             path.unlink(missing_ok=True)
+        if created:  # a run that failed before writing anything leaves no empty directory behind
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
