@@ -98,3 +98,15 @@ def test_patient_smoke_compares_recipes_at_equal_budgets(tmp_path: Path, monkeyp
     assert cost["views"] == 2 and cost["mib_55k"] == pytest.approx(55_000 * (2 * (10 * 2 + 3 * 2) + 8) / 2**20)
     md = p.markdown(res)
     assert "Goal (≥ 92.0 %" in md and "- K = 2:" in md
+
+
+def test_regression_benchmark_smoke_collects_every_config(tmp_path: Path) -> None:
+    mod = _load("regression")
+    assert mod.main(["--smoke", "--jobs", "1", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]) == 0
+    md = (tmp_path / "out" / "regression.md").read_text()
+    assert "Smoke run" in md
+    for config in mod.CONFIGS:
+        assert f"## {config.stem} " in md
+    saved = json.loads((tmp_path / "out" / "regression.json").read_text())
+    assert len(saved) == len(mod.CONFIGS) and all(s["gains"] for s in saved)
+    assert (tmp_path / "out" / "regression" / "toy1d-curves.png").stat().st_size > 1000

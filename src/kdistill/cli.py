@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -23,6 +24,7 @@ from kdistill.data.inspect import describe
 from kdistill.dist import DistError
 from kdistill.encoder.config import load_encoder_config
 from kdistill.experiment.encoder_run import run_encoder
+from kdistill.experiment.regression_run import run_regression
 from kdistill.experiment.run import JobError, run_experiment
 from kdistill.experiment.sweep import run_sweep
 from kdistill.experiment.text_run import run_text
@@ -30,9 +32,12 @@ from kdistill.export import DEFAULT_FORMATS, export_run
 from kdistill.io import CheckpointError
 from kdistill.lock import RunDirBusy
 from kdistill.models import build_model
+from kdistill.regression.config import load_regression_config
+from kdistill.regression.teacher import TeacherError
 from kdistill.report.encoder import encoder_markdown
 from kdistill.report.figures import plot_decision_regions
 from kdistill.report.html import build_report
+from kdistill.report.regression import rebuild_regression_report, regression_markdown
 from kdistill.report.summary import summary_markdown
 from kdistill.report.sweep import sweep_markdown
 from kdistill.report.text import text_markdown
@@ -45,7 +50,7 @@ from kdistill.trainer import RunInterrupted
 
 def _cmd_run(args: argparse.Namespace) -> int:
     task = task_of(args.config, list(args.overrides))
-    if task in ("text", "encoder") and args.jobs != 1:
+    if task in ("text", "encoder", "regression") and args.jobs != 1:
         raise ConfigError(f"--jobs applies to image runs; a {task} config trains its seeds in one process")
     if task == "text":  # a language-model run
         summary = run_text(load_text_config(args.config, list(args.overrides)), smoke=args.smoke, resume=args.resume)
@@ -54,6 +59,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if task == "encoder":  # a sentence encoder made smaller
         cfg = load_encoder_config(args.config, list(args.overrides))
         print(encoder_markdown(run_encoder(cfg, smoke=args.smoke, resume=args.resume)), end="")
+        return 0
+    if task == "regression":  # float targets: does distillation work for regression?
+        cfg = load_regression_config(args.config, list(args.overrides))
+        print(regression_markdown(run_regression(cfg, smoke=args.smoke, resume=args.resume)).split("\n![")[0])
         return 0
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     cfg = load_config(args.config, overrides)
@@ -115,6 +124,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.toy:  # a small experiment of its own (seconds), drawn beside the run's figures
         res = run_toy("spirals")
         plot_decision_regions(res["models"], res["train"], run_dir / "toy.png", test=res["test"])
+    if json.loads((run_dir / "summary.json").read_text())["config"].get("task") == "regression":
+        print(rebuild_regression_report(run_dir))
+        return 0
     print(build_report(run_dir))
     return 0
 
@@ -271,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         TextError,
         RunDirBusy,
         JobError,
+        TeacherError,
         ValueError,
         FloatingPointError,
     ) as e:

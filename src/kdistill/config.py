@@ -82,8 +82,10 @@ class TrainConfig(StrictModel):
     step_size: int = Field(10, ge=1, description="epochs between x0.1 decays for schedule=step")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval_batch_size: int = Field(1000, ge=1)
-    select: Literal["acc", "nll"] = Field(
-        "acc", description="the epoch kept: best validation accuracy, or lowest validation NLL (language models)"
+    select: Literal["acc", "nll", "last"] = Field(
+        "acc",
+        description="the epoch kept: best validation accuracy, lowest validation NLL (language models, regression), "
+        "or the last (a student with a label budget must not pick its epoch on more labels than it has)",
     )
 
     def key(self) -> dict[str, Any]:
@@ -584,13 +586,15 @@ def _strip_none(tp: Any) -> Any:
     return tp
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, schema: type[BaseModel] | None = None) -> str:
+    """One line per error; an unknown key gets the valid keys at its place in ``schema`` (the image config's by
+    default) and the closest of them."""
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc) or "<root>"
         if e["type"] == "extra_forbidden":
-            valid = _fields_at(config_schema(), loc)
+            valid = _fields_at(schema or config_schema(), loc)
             close = suggest_key(str(loc[-1]), valid)
             hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (close,))}'?" if close else ""
             lines.append(f"  {key}: unknown key{hint} (valid here: {', '.join(valid)})")
@@ -700,11 +704,12 @@ def validate_file(schema: type[M], path: str | Path | None, overrides: list[str]
     try:
         return schema.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, schema)) from None
 
 
 def task_of(path: str | Path | None, overrides: list[str] | None = None) -> str | None:
-    """The ``task`` a config (with its overrides) asks for: ``text``, ``encoder``, or None (image classification)."""
+    """The ``task`` a config (with its overrides) asks for: ``text``, ``encoder``, ``regression``, or None (image
+    classification)."""
     raw: Any = read_yaml(Path(path)) if path is not None else {}
     if overrides:
         raw = apply_overrides(raw, overrides)

@@ -7,6 +7,7 @@
   teacher's softmax at several temperatures, how much it spreads (nearly one-hot at low T, uniform with
   entropy ``log C`` at high T), and the mean soft target per true class, whose off-diagonal part
   ("dark knowledge", Hinton et al. 2015) is what a one-hot label throws away.
+- :func:`regression_scores`: RMSE, MAE and R² of regression predictions.
 - :func:`percent`: how every table writes a fraction.
 """
 
@@ -46,6 +47,18 @@ def score(logits: torch.Tensor, labels: torch.Tensor) -> EvalResult:
     correct = int((logits.argmax(1) == labels).sum())
     nll = float(F.cross_entropy(logits, labels))
     return EvalResult(acc=correct / len(labels), errors=len(labels) - correct, nll=nll, n=len(labels))
+
+
+def regression_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """RMSE, MAE (both over every row and output) and R² (1 - SSE / SST per output, averaged over outputs; SST
+    around the evaluated set's own mean, as scikit-learn's ``r2_score``) of float predictions ``[N]`` or ``[N, K]``."""
+    pred, target = pred.double().reshape(len(pred), -1), target.double().reshape(len(target), -1)
+    if pred.shape != target.shape or len(pred) < 2:
+        raise ValueError(f"need >= 2 rows of equal shape; got {tuple(pred.shape)} and {tuple(target.shape)}")
+    err = pred - target
+    sst = ((target - target.mean(0)) ** 2).sum(0)
+    r2 = 1.0 - (err**2).sum(0) / sst.clamp_min(1e-300)
+    return {"rmse": float(err.pow(2).mean().sqrt()), "mae": float(err.abs().mean()), "r2": float(r2.mean())}
 
 
 def class_accuracy(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[int]) -> float:

@@ -187,7 +187,8 @@ def fit(
     """Train ``objective.model`` by minimizing ``objective(batch).loss``.
 
     After every epoch the model is evaluated on ``val``; the weights with the best validation accuracy
-    (or the lowest validation NLL, ``cfg.select = "nll"``: language models) are kept (and restored into the
+    (or the lowest validation NLL, ``cfg.select = "nll"``: language models; or simply the last epoch's,
+    ``"last"``: students with a label budget) are kept (and restored into the
     model at the end), so model selection never looks at test data.
     With ``out_dir``, writes ``metrics.jsonl``, ``metrics.csv``, ``best.pt`` and ``last.pt`` there;
     ``last.pt`` holds everything needed to continue exactly (``resume=True``): weights, the objective's
@@ -308,6 +309,8 @@ class _Fit:
             for k, v in out.parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
             y = batch["y"] if out.targets is None else out.targets
+            if y.is_floating_point():  # regression targets: no accuracy to count
+                continue
             labelled = y >= 0  # a class per row, or a next token per position ([B, L] with [B, L, V] logits)
             correct += int((out.logits.detach().argmax(-1)[labelled] == y[labelled]).sum())
             seen += int(labelled.sum())
@@ -349,7 +352,8 @@ class _Fit:
         row["lr"] = self.opt.param_groups[0]["lr"]
         row["seconds"] = round(self.seconds, 3)
         self.history.append(row)
-        better = v.acc > self.best_acc if self.cfg.select == "acc" else v.nll < self.best_nll
+        select = self.cfg.select
+        better = v.acc > self.best_acc if select == "acc" else v.nll < self.best_nll if select == "nll" else True
         if better:
             self.best_acc, self.best_nll, self.best_epoch = v.acc, v.nll, epoch + 1
             self.best_state = {k: t.detach().clone() for k, t in self.model.state_dict().items()}

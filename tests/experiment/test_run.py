@@ -14,8 +14,10 @@ from kdistill.experiment.run import run_experiment
 from tests.data.builders import images, write_arrays, write_cifar10, write_folder, write_idx_files
 from tests.helpers import ROOT, skip_without_fashion, synthetic_overrides
 
-# own_data configs need data.root (run on generated data below); text configs: tests/experiment/test_text_run.py
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in ("own_data", "text"))
+# own_data configs need data.root (run on generated data below); text configs: tests/experiment/test_text_run.py;
+# regression configs: tests/experiment/test_regression_run.py
+SEPARATE = ("own_data", "text", "regression")
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in SEPARATE)
 OWN_DATA = sorted((ROOT / "configs" / "own_data").glob("*.yaml"))
 
 

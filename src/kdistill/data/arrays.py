@@ -140,6 +140,12 @@ def _images(a: NpyFile, layout: str, name: str) -> NpyFile:
 
 def _labels(a: NpyFile, name: str) -> np.ndarray:
     y = a.load()
+    if np.issubdtype(y.dtype, np.floating) and not np.all(np.mod(y[np.isfinite(y)], 1) == 0):
+        raise DataError(
+            f"{name}: float targets ({y.dtype} {y.shape}, e.g. {y.ravel()[:3].tolist()}) where class labels (integers "
+            "0..C-1) belong; to predict numbers, write a regression config (task: regression, data.source: npz; "
+            "see configs/regression/)"
+        )
     if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
         raise DataError(f"{name}: labels must be integers of shape (N,), got {y.dtype} {y.shape}")
     return y.astype(np.int64)

@@ -105,7 +105,10 @@ def _item(ds: Any, i: int, split: str) -> tuple[np.ndarray, int]:
     except (TypeError, ValueError):
         raise DataError(f"{split} item {i}: the label {y!r} is not an integer class") from None
     if float(y) != label:
-        raise DataError(f"{split} item {i}: the label {y!r} is not an integer class")
+        raise DataError(
+            f"{split} item {i}: the label {y!r} is not an integer class; to predict numbers, write a regression "
+            "config (task: regression; see configs/regression/)"
+        )
     return x, label
 
 

@@ -26,6 +26,7 @@ from kdistill.losses.logits import (
     standardize_logits,
     wttm_loss,
 )
+from kdistill.losses.regression import inverse_variance_weights, regression_kd_parts, regression_loss
 from kdistill.losses.relation import pkt_loss, rkd_angle_loss, rkd_distance_loss, similarity_preserving_loss
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "embedding_mse",
     "hint_loss",
     "info_nce",
+    "inverse_variance_weights",
     "kd_loss",
     "kd_loss_parts",
     "label_smoothing_ce",
@@ -52,6 +54,8 @@ __all__ = [
     "mean_pool",
     "minilm_relation_loss",
     "pkt_loss",
+    "regression_kd_parts",
+    "regression_loss",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "similarity_preserving_loss",
