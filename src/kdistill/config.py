@@ -88,13 +88,25 @@ class TrainConfig(StrictModel):
         "or the last (a student with a label budget must not pick its epoch on more labels than it has)",
     )
 
+    precision: Literal["float32", "bf16"] = Field(
+        "float32",
+        description="bf16: forward passes under bf16 autocast where the hardware has bf16 kernels (CUDA, "
+        "AVX512-BF16/AMX CPUs; elsewhere float32, said in the log and the row); weights and optimizer stay float32",
+    )
+    memory_format: Literal["contiguous", "channels_last"] = Field(
+        "contiguous",
+        description="channels_last: conv weights stored NHWC, which oneDNN's CPU convolutions run faster (same "
+        "arithmetic, other rounding)",
+    )
+
     def key(self) -> dict[str, Any]:
         """The recipe as a dict for keys and fingerprints. Fields added after keys were first written are left
         out at their defaults, so that earlier teachers and checkpoints keep their keys."""
         d = self.model_dump(mode="json")
         d["augment"] = self.augment.key()
-        if d["select"] == "acc":
-            del d["select"]
+        for name, default in (("select", "acc"), ("precision", "float32"), ("memory_format", "contiguous")):
+            if d[name] == default:
+                del d[name]
         return d
 
 

@@ -33,6 +33,7 @@ from kdistill.distiller import Objective
 from kdistill.io import CheckpointError, atomic_save, atomic_write_text, safe_load
 from kdistill.metrics import EvalResult, score
 from kdistill.models import module_device
+from kdistill.teacher import bf16_supported
 
 try:
     from tqdm.auto import tqdm
@@ -168,6 +169,7 @@ class FitResult:
     train_seconds: float
     history: list[dict]
     steps: int = 0  # optimizer steps taken (seconds per step compares objectives across set sizes)
+    precision: str = "float32"  # what the forward passes ran in (bf16 only where asked for and supported)
 
 
 def fit(
@@ -246,7 +248,17 @@ class _Fit:
         # Each process draws its own augmentations; the generator's state is saved with the checkpoint.
         self.augment = Augmenter(cfg.augment, torch.Generator().manual_seed(seed + 7919 + self.rank))
         self.runner = _wrap_distributed(objective, self.device) if world > 1 else objective
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        # bf16 autocast: always on CUDA; on a CPU when asked for and its oneDNN has bf16 kernels (else float32,
+        # said once: a silently slow run would be worse than a loud one).
+        self.precision = "bf16" if self.device.type == "cuda" else "float32"
+        if cfg.precision == "bf16" and self.device.type != "cuda":
+            if bf16_supported(self.device):
+                self.precision = "bf16"
+            elif verbose and dist.is_main():
+                print(f"  {desc}: precision bf16 asked for, but this CPU has no bf16 kernels: float32", flush=True)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        if cfg.memory_format == "channels_last":  # 4-D weights only; the input's layout follows the weights'
+            objective.to(memory_format=torch.channels_last)
         self.progress = progress if progress is not None else sys.stderr.isatty() and dist.is_main()
         self.out_dir = out_dir
         self.writes = out_dir is not None and dist.is_main()
@@ -408,7 +420,7 @@ class _Fit:
         if self.writes:
             write_metrics_csv(self.history, self.out_dir / "metrics.csv")
         steps = self.cfg.epochs * len(self.loader)
-        return FitResult(self.best_epoch, self.best_acc, self.seconds, self.history, steps=steps)
+        return FitResult(self.best_epoch, self.best_acc, self.seconds, self.history, steps, self.precision)
 
 
 def _wrap_distributed(objective: nn.Module, device: torch.device) -> nn.Module:

@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from kdistill.cli import main
 from kdistill.config import ConfigError, task_of
 from kdistill.data import DataError
 from kdistill.experiment.regression_run import run_regression
+from kdistill.io import CheckpointError
 from kdistill.regression.config import RegressionExperimentConfig, load_regression_config
 from kdistill.regression.data import load_table
 from kdistill.regression.teacher import TeacherError
@@ -85,9 +87,15 @@ def test_fixed_seeds_reproduce_and_resume_ends_where_a_full_run_ends(tmp_path: P
     (run_dir / "b6-kd-seed1" / "row.json").unlink()
     (run_dir / "summary.json").unlink()
     done = (run_dir / "b6-scratch-seed0" / "row.json").stat().st_mtime_ns
+    # a run saved before a key existed resumes: the new key counts at its default
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del saved["student"]["train"]["precision"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
     c = run_regression(tiny(tmp_path / "b"), resume=True)
     assert metrics(c) == metrics(a)
     assert (run_dir / "b6-scratch-seed0" / "row.json").stat().st_mtime_ns == done  # finished students kept
+    with pytest.raises(CheckpointError, match="the config differs: student.hidden"):
+        run_regression(tiny(tmp_path / "b", student={"hidden": [4]}), resume=True)
 
 
 def test_kd_learns_from_the_teacher_on_unlabelled_inputs(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import yaml
+from pydantic import ValidationError
 
 from kdistill import dist
 from kdistill.config import ExperimentConfig, config_diff
@@ -161,7 +162,12 @@ def open_run_dir(cfg: Any, smoke: bool, resume: bool) -> tuple[Path, dict]:
         saved = run_dir / "config.yaml"
         if not saved.is_file():
             raise CheckpointError(f"{run_dir} holds no run to resume; run without --resume")
-        diff = config_diff(yaml.safe_load(saved.read_text()), resolved, f"in {saved}", ignore=("threads",))
+        old = yaml.safe_load(saved.read_text())
+        try:  # keys added to the schema since that run count at their defaults (the run used exactly those)
+            old = type(cfg).model_validate(old).model_dump(mode="json")
+        except ValidationError:  # a key since removed or renamed: the raw diff names it
+            pass
+        diff = config_diff(old, resolved, f"in {saved}", ignore=("threads",))
         if diff:
             raise CheckpointError(f"cannot resume {run_dir}: the config differs: " + "; ".join(diff))
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))

@@ -97,6 +97,7 @@ def finish_model(
         dir=directory,
         best_epoch=res.best_epoch,
         steps=res.steps,
+        precision=res.precision,
         **fields,
     )
     if dist.is_main():
