@@ -117,3 +117,36 @@ def test_the_objective_decides_what_the_model_is_shown() -> None:
     Shows.seen = []
     fit(Shows(nn.Linear(4, 2)), train, val, _cfg(epochs=2), seed=0, verbose=False)
     assert [float(v) for v in Shows.seen] == [0.0] * 5 + [1.0] * 5  # 80 rows, batches of 16, per epoch
+
+
+class StopsAt(Supervised):
+    """Plain training that raises after ``stop`` optimizer steps (a process dying mid-run, in-process)."""
+
+    def __init__(self, model: nn.Module, stop: int | None) -> None:
+        super().__init__(model)
+        self.stop, self.steps = stop, 0
+
+    def forward(self, batch: Batch) -> StepOutput:
+        self.steps += 1
+        if self.stop is not None and self.steps > self.stop:
+            raise RuntimeError("died")
+        return super().forward(batch)
+
+
+def test_a_long_run_checkpoints_every_epochs_over_50_and_resumes_exactly(tmp_path: Path) -> None:
+    """120 epochs of one step: last.pt and metrics.jsonl every 2 epochs (not 120 times); a run that dies after
+    step 75 resumes from epoch 74 and ends with the weights of an uninterrupted run."""
+    train, val = _splits()
+    cfg = TrainConfig(epochs=120, batch_size=80, optimizer="sgd", lr=0.01, schedule="cosine")
+    torch.manual_seed(0)
+    full = nn.Linear(4, 2)
+    fit(StopsAt(full, None), train, val, cfg, seed=0, out_dir=tmp_path / "full", verbose=False)
+    torch.manual_seed(0)
+    cut = nn.Linear(4, 2)
+    with pytest.raises(RuntimeError, match="died"):
+        fit(StopsAt(cut, 75), train, val, cfg, seed=0, out_dir=tmp_path / "cut", verbose=False)
+    assert safe_load(tmp_path / "cut" / "last.pt")["epoch"] == 74
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 74
+    fit(StopsAt(cut, None), train, val, cfg, seed=0, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert torch.equal(cut.weight, full.weight) and torch.equal(cut.bias, full.bias)
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 120

@@ -9,6 +9,7 @@ on local file systems); a lock whose process no longer exists on this host is st
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -89,3 +90,15 @@ def run_lock(run_dir: Path, enabled: bool | None = None) -> Iterator[None]:
         if created:  # a run that failed before writing anything leaves no empty directory behind
             with contextlib.suppress(OSError):
                 run_dir.rmdir()
+
+
+@contextlib.contextmanager
+def dir_lock(directory: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on a directory, for processes of one run sharing work (``--jobs`` workers computing the
+    teacher's logits once): released when the block ends or the process dies, and it leaves no file behind."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -41,3 +41,19 @@ def test_a_failing_worker_is_one_error_and_the_finished_students_are_kept(
     err = capsys.readouterr().err
     assert "kdistill: error: --jobs: worker(s) failed: seeds [0] exited with code 2" in err
     assert (tmp_path / "div" / "teacher" / "predictions.pt").is_file()
+
+
+def test_workers_compute_the_teacher_logits_once(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """Three workers need the teacher's logits on the transfer set at once: one computes them (under a lock on
+    teacher/), the others read the file it wrote; a --resume reads it too."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    ov = [*synthetic_overrides(tmp_path, "run"), "seeds=[0,1,2]", "roles=[kd]", "threads=1"]
+    assert main(["run", str(cfg), *ov, "--jobs", "3"]) == 0
+    out = capfd.readouterr()
+    log = out.out + out.err
+    assert log.count("teacher logits cached for") == 1, log
+    assert log.count("teacher logits read back for") >= 2
+    assert len(list((tmp_path / "run" / "teacher").glob("logits-*.pt"))) == 1
+    assert main(["run", str(cfg), *ov, "--resume"]) == 0
+    assert "teacher logits cached for" not in capfd.readouterr().out

@@ -70,7 +70,7 @@ def test_sigkill_mid_epoch_then_resume_ends_where_an_uninterrupted_run_ends(tmp_
 
     resumed = cli_run([*overrides(tmp_path / "cut"), "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert "finished before the interruption, kept" in resumed.stdout
+    assert "already finished (before an interruption" in resumed.stdout
     assert "resumed from" in resumed.stdout and "after epoch 1/4" in resumed.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert _students(summary) == _students(reference)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,13 +15,14 @@ from torch import nn
 
 from kdistill import dist
 from kdistill.augment import is_augmented, is_mixing
-from kdistill.caches import CacheError, LogitCache, ViewCache, cache_key
+from kdistill.caches import CacheError, LogitCache, ViewCache, cache_key, state_fingerprint
 from kdistill.config import ExperimentConfig, ModelSpec, TeacherConfig, TrainConfig
 from kdistill.data import BatchLoader
 from kdistill.distiller import Distiller, Objective, Supervised
 from kdistill.experiment.context import RunContext, TeacherInfo, log
 from kdistill.experiment.evaluate import model_row
-from kdistill.io import CheckpointError, atomic_copy, atomic_save, atomic_write_text
+from kdistill.io import CheckpointError, atomic_copy, atomic_save, atomic_write_text, safe_load
+from kdistill.lock import dir_lock
 from kdistill.models import build_model, count_params, load_weights_into, save_model_file
 from kdistill.teacher import FrozenTeacher, OnlineTeacher, TeacherSource, bf16_supported
 from kdistill.trainer import fit, predict
@@ -120,11 +122,18 @@ def prepare_teacher(ctx: RunContext) -> dict:
     t.model.to(ctx.device)
     ctx.teacher, ctx.frozen = t, FrozenTeacher(t.model, fast=ctx.fast)
     data = ctx.data
-    ctx.t_test, ctx.t_val = predict(t.model, data.test), predict(t.model, data.val)
+    key = f"{state_fingerprint(t.model)}:{data.fingerprint}"
+    path = ctx.run_dir / "teacher" / "predictions.pt"
+    saved = safe_load(path) if ctx.resume and path.is_file() else {}
+    if saved.get("key") == key:  # a --jobs worker or a resumed run: the teacher was scored by this very run
+        ctx.t_test, ctx.t_val = saved["test_logits"], saved["val_logits"]
+    else:
+        ctx.t_test, ctx.t_val = predict(t.model, data.test), predict(t.model, data.val)
     # One test image per class (the first of each) for the soft-target figure of the report.
     firsts = [int((data.test.y == c).nonzero()[0]) for c in range(data.num_classes) if bool((data.test.y == c).any())]
-    if dist.is_main():
+    if dist.is_main() and saved.get("key") != key:
         preds = {
+            "key": key,
             "test_logits": ctx.t_test,
             "val_logits": ctx.t_val,
             "test_labels": data.test.y,
@@ -133,7 +142,7 @@ def prepare_teacher(ctx: RunContext) -> dict:
             "sample_rows": torch.tensor(firsts),
             "sample_images": data.test.x[firsts],
         }
-        atomic_save(preds, ctx.run_dir / "teacher" / "predictions.pt")
+        atomic_save(preds, path)
     row = model_row(
         ctx,
         "teacher",
@@ -186,11 +195,11 @@ def _build_source(ctx: RunContext, teacher: FrozenTeacher, train: TrainConfig, l
         return OnlineTeacher(teacher, layers)
     if not is_augmented(train.augment):
         t0 = time.perf_counter()
-        cache = LogitCache.build(teacher, BatchLoader(ts, 500), layers) if dist.is_main() else None
-        cache = dist.broadcast_object(cache)
+        got = _logit_cache(ctx, teacher, layers) if dist.is_main() else None
+        cache, how = dist.broadcast_object(got)
         what = "logits" + (f" and layers {', '.join(layers)}" if layers else "")
         log(
-            f"teacher {what} cached for {len(ts)} transfer images in {time.perf_counter() - t0:.1f}s "
+            f"teacher {what} {how} for {len(ts)} transfer images in {time.perf_counter() - t0:.1f}s "
             f"({cache.nbytes() / 2**20:.0f} MiB)"
         )
         return cache
@@ -198,6 +207,31 @@ def _build_source(ctx: RunContext, teacher: FrozenTeacher, train: TrainConfig, l
         log(f"teacher: online, since terms read teacher layers {list(layers)} and a view cache holds logits only")
         return OnlineTeacher(teacher, layers)
     return _view_cache(ctx, teacher, train)
+
+
+def _logit_cache(ctx: RunContext, teacher: FrozenTeacher, layers: Sequence[str]) -> tuple[LogitCache, str]:
+    """The teacher's logits on the transfer set, and how they were got ("cached": computed now; "read": from the
+    run directory).
+
+    Logits alone (a few MiB) are kept in ``teacher/logits-<key>.pt``, keyed by the teacher's weights, the data
+    and the transfer set's indices: ``--jobs`` workers and ``--resume`` read them instead of running the teacher
+    over the transfer set again, and a lock on the ``teacher/`` directory lets one process compute them while
+    the others wait (three workers each computing them cost ~90 s apiece on 2 cores). Layers (possibly large
+    feature maps) are computed per process and never written."""
+    ts = ctx.data.transfer_set
+    if layers:
+        return LogitCache.build(teacher, BatchLoader(ts, 500), layers), "cached"
+    h = hashlib.sha256(f"{state_fingerprint(teacher.model)}:{ctx.data.fingerprint}:".encode())
+    h.update(ts.index.numpy().tobytes())
+    path = ctx.run_dir / "teacher" / f"logits-{h.hexdigest()[:16]}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with dir_lock(path.parent):
+        if path.is_file():
+            saved = safe_load(path)
+            return LogitCache(saved["logits"], saved["index"]), "read back"
+        cache = LogitCache.build(teacher, BatchLoader(ts, 500))
+        atomic_save({"logits": cache.logits, "index": cache.index}, path)
+        return cache, "cached"
 
 
 def _view_cache(ctx: RunContext, teacher: FrozenTeacher, train: TrainConfig) -> ViewCache:

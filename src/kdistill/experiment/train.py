@@ -109,7 +109,7 @@ def finish_model(
 def kept_rows(ctx: RunContext, out: Path) -> Any:
     """The finished rows of ``out`` when resuming (its ``row.json``), else None."""
     if ctx.resume and (out / "row.json").is_file():
-        log(f"{out.name}: finished before the interruption, kept")
+        log(f"{out.name}: already finished (before an interruption, or by a --jobs worker), kept")
         return json.loads((out / "row.json").read_text())
     return None
 
