@@ -110,3 +110,10 @@ def test_regression_benchmark_smoke_collects_every_config(tmp_path: Path) -> Non
     saved = json.loads((tmp_path / "out" / "regression.json").read_text())
     assert len(saved) == len(mod.CONFIGS) and all(s["gains"] for s in saved)
     assert (tmp_path / "out" / "regression" / "toy1d-curves.png").stat().st_size > 1000
+
+
+def test_step_speed_smoke_writes_ratios_for_both_students(tmp_path: Path) -> None:
+    mod = _load("step_speed")
+    assert mod.main(["--smoke", "--out", str(tmp_path / "s.md")]) == 0
+    md = (tmp_path / "s.md").read_text()
+    assert "| compression CNN |" in md and "| few-labels MLP |" in md and md.count("×") >= 6

@@ -1,0 +1,123 @@
+"""One training step of the demo's students, in parts and in four numeric set-ups, as ratios in one process.
+
+    .venv/bin/python benchmarks/step_speed.py            # ~1 min, 1 thread
+    .venv/bin/python benchmarks/step_speed.py --smoke
+
+For the compression student (CNN, 24,058 parameters) and the few-labels student (MLP 784-300-10), batch 128:
+milliseconds per step of forward, backward and optimizer (SGD, Nesterov, as the recipes), then the whole step
+with float32, channels_last, bf16 autocast and both, interleaved over rounds (median), as ratios to float32.
+Writes ``benchmarks/results/step_speed.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from kdistill.environment import environment  # noqa: E402
+from kdistill.models import build_model  # noqa: E402
+from kdistill.teacher import bf16_supported  # noqa: E402
+
+STUDENTS = {
+    "compression CNN": ("cnn", {"channels": [16, 32, 64], "convs_per_stage": [1, 1, 1], "stem_stride": 2}),
+    "few-labels MLP": ("mlp", {"hidden": [300]}),
+}
+VARIANTS = {"float32": (False, False), "channels_last": (True, False), "bf16": (False, True), "both": (True, True)}
+
+
+def _sgd(m: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def parts(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict[str, float]:
+    """Median ms of forward (+ loss), backward and optimizer step, float32."""
+    opt = _sgd(model)
+    got: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+    for _ in range(steps):
+        a = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        b = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        c = time.perf_counter()
+        opt.step()
+        d = time.perf_counter()
+        for k, v in zip(got, (b - a, c - b, d - c), strict=True):
+            got[k].append(1e3 * v)
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
+def variants(base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, rounds: int) -> dict[str, float]:
+    """Median ms per whole step of each variant, the variants interleaved round by round."""
+    runs = {}
+    for name, (cl, _) in VARIANTS.items():
+        m = copy.deepcopy(base)
+        m = m.to(memory_format=torch.channels_last) if cl else m
+        runs[name] = (m, _sgd(m))
+    times: dict[str, list[float]] = {k: [] for k in VARIANTS}
+    for _ in range(rounds):
+        for name, (_, bf) in VARIANTS.items():
+            m, opt = runs[name]
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf):
+                    out = m(x)
+                loss = F.cross_entropy(out.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            times[name].append(1e3 * (time.perf_counter() - t0) / steps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_speed.md")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    steps, rounds = (3, 1) if args.smoke else (60, 5)
+    env = environment()
+    lines = [
+        "# One training step of the demo's students (benchmarks/step_speed.py)",
+        "",
+        f"Machine: {env.get('cpu', '?')}; torch {env['torch']}; 1 thread; batch 128; "
+        f"bf16 kernels: {bf16_supported(torch.device('cpu'))}.",
+        "",
+    ]
+    if args.smoke:
+        lines += ["**Smoke run: a few steps, numbers meaningless.**", ""]
+    lines += [
+        "| student | forward ms | backward ms | optimizer ms | float32 step ms | channels_last | bf16 | both |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, (arch, kwargs) in STUDENTS.items():
+        torch.manual_seed(0)
+        model = build_model(arch, (1, 28, 28), 10, kwargs)
+        x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+        p = parts(copy.deepcopy(model), x, y, steps)
+        v = variants(model, x, y, steps, rounds)
+        ratio = {k: v["float32"] / v[k] for k in v}
+        lines.append(
+            f"| {name} | {p['forward']:.2f} | {p['backward']:.2f} | {p['optimizer']:.3f} | "
+            f"{v['float32']:.2f} | {ratio['channels_last']:.2f}× | {ratio['bf16']:.2f}× | {ratio['both']:.2f}× |"
+        )
+    lines += ["", "Ratios: float32 step time / the variant's (higher is faster), medians of interleaved rounds."]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
