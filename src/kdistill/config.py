@@ -87,7 +87,6 @@ class TrainConfig(StrictModel):
         description="the epoch kept: best validation accuracy, lowest validation NLL (language models, regression), "
         "or the last (a student with a label budget must not pick its epoch on more labels than it has)",
     )
-
     precision: Literal["float32", "bf16"] = Field(
         "float32",
         description="bf16: forward passes under bf16 autocast where the hardware has bf16 kernels (CUDA, "

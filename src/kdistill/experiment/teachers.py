@@ -210,8 +210,8 @@ def _build_source(ctx: RunContext, teacher: FrozenTeacher, train: TrainConfig, l
 
 
 def _logit_cache(ctx: RunContext, teacher: FrozenTeacher, layers: Sequence[str]) -> tuple[LogitCache, str]:
-    """The teacher's logits on the transfer set, and how they were got ("cached": computed now; "read": from the
-    run directory).
+    """The teacher's logits on the transfer set, and how they were got ("cached": computed now; "read back": from
+    the run directory).
 
     Logits alone (a few MiB) are kept in ``teacher/logits-<key>.pt``, keyed by the teacher's weights, the data
     and the transfer set's indices: ``--jobs`` workers and ``--resume`` read them instead of running the teacher
