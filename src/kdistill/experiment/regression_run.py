@@ -37,16 +37,17 @@ from kdistill.models import count_params
 from kdistill.regression.config import RegressionExperimentConfig
 from kdistill.regression.data import Table, load_table, toy_function
 from kdistill.regression.objective import RegressionObjective
-from kdistill.regression.teacher import Teacher, load_module_teacher, regressor, train_teacher
+from kdistill.regression.teacher import load_module_teacher, regressor, train_teacher
 from kdistill.report.regression import write_regression_summary
-from kdistill.trainer import fit
+from kdistill.trainer import fit, predict
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class Cached:
-    """The teacher's standardized predictions per split, and their variances (None without a spread)."""
+    """The teacher's standardized predictions per split (and ``grid``: the toy's curve points), and their
+    variances (None without a spread)."""
 
     mean: dict[str, torch.Tensor]
     var: dict[str, torch.Tensor] | None
@@ -66,8 +67,7 @@ def smoke_regression(cfg: RegressionExperimentConfig) -> RegressionExperimentCon
     c.teacher.train = c.teacher.train.model_copy(update={"epochs": 2, "steps": None})
     c.teacher.gbr = c.teacher.gbr.model_copy(update={"n_estimators": 10})
     c.student.train = c.student.train.model_copy(update={"steps": 10})
-    c.budgets = [b if b is None else min(b, 40) for b in dict.fromkeys(c.budgets[:2])]
-    c.budgets = list(dict.fromkeys(c.budgets))
+    c.budgets = list(dict.fromkeys(b if b is None else min(b, 40) for b in c.budgets[:2]))
     c.curve_points = 50
     return c
 
@@ -84,40 +84,51 @@ def _run(cfg: RegressionExperimentConfig, smoke: bool, resume: bool) -> dict:
     data = table.describe()
     atomic_write_text(run_dir / "data.json", json.dumps(data, indent=1) + "\n")
     log(f"data: {data['source']}, rows {data['rows']}, {data['inputs']} input(s), {data['outputs']} output(s)")
-    teacher, cached, t_row = _teacher(cfg, table, run_dir, resume)
+    cached, t_row = _teacher(cfg, table, run_dir, resume)
     rows = [t_row]
     models: dict[tuple[int, str], torch.nn.Module] = {}
     for budget in cfg.budgets:
         b = n_train if budget is None else budget
         for seed in cfg.seeds:
-            labelled = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))[:b]
+            labelled = _labelled(n_train, seed)[:b]
             for role in cfg.roles:
                 row, model = _student(cfg, table, cached, run_dir, role, b, seed, labelled, resume)
                 rows.append(row)
                 if seed == cfg.seeds[0]:
                     models[(b, role)] = model
-    curves = _curves(cfg, table, teacher, models) if cfg.data.source == "toy1d" else None
+    curves = _curves(cfg, table, cached, models) if cfg.data.source == "toy1d" else None
     if curves is not None:
         atomic_write_text(run_dir / "curves.json", json.dumps(curves) + "\n")
     return write_regression_summary(run_dir, resolved, rows, data, smoke)
 
 
-def _teacher(
-    cfg: RegressionExperimentConfig, table: Table, run_dir: Path, resume: bool
-) -> tuple[Teacher | None, Cached, dict]:
-    """Train the teacher (or, resuming, read its predictions back) and score it on the test split."""
+def _labelled(n_train: int, seed: int) -> torch.Tensor:
+    """Seed ``seed``'s order of the training rows: a budget of ``b`` labels is its first ``b`` (nested budgets)."""
+    return torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
+
+
+def _grid(cfg: RegressionExperimentConfig, table: Table) -> tuple[np.ndarray, torch.Tensor]:
+    """The toy's curve points, in its own units and standardized as the models read them."""
+    toy = cfg.data.toy
+    grid = np.linspace(toy.low, toy.high, cfg.curve_points)
+    return grid, table.scale_x(torch.as_tensor(grid[:, None], dtype=torch.float32))
+
+
+def _teacher(cfg: RegressionExperimentConfig, table: Table, run_dir: Path, resume: bool) -> tuple[Cached, dict]:
+    """Train the teacher (or, resuming, read its predictions back) and score it on the test split. Its predictions
+    are kept for train / val / test and, for the toy, on the curve grid (so a resumed run needs no teacher)."""
     path = run_dir / "teacher.pt"
-    key = {"teacher": cfg.teacher.model_dump(mode="json"), "data": table.fingerprint}
-    teacher = None
+    key = {"teacher": cfg.teacher.model_dump(mode="json"), "data": table.fingerprint, "grid": cfg.curve_points}
     if resume and path.is_file() and (saved := safe_load(path)).get("key") == key:
         cached, seconds, params = Cached(saved["mean"], saved.get("var")), saved["seconds"], saved["params"]
         log("teacher: predictions read back from teacher.pt")
-        if cfg.data.source == "toy1d":  # the curves need the teacher itself
-            teacher = train_teacher(cfg.teacher, table)
     else:
         log(f"teacher: {cfg.teacher.kind}, {cfg.teacher.members} member(s), on {len(table['train'])} labels")
         teacher = train_teacher(cfg.teacher, table)
-        preds = {s: teacher.predict(table[s].x) for s in SPLITS}
+        inputs = {s: table[s].x for s in SPLITS}
+        if cfg.data.source == "toy1d":
+            inputs["grid"] = _grid(cfg, table)[1]
+        preds = {s: teacher.predict(x) for s, x in inputs.items()}
         var = {s: v for s, (_, v) in preds.items()} if preds["train"][1] is not None else None
         cached = Cached({s: m for s, (m, _) in preds.items()}, var)
         seconds, params = teacher.seconds, teacher.params
@@ -134,7 +145,7 @@ def _teacher(
         "members": cfg.teacher.members,
     }
     log(f"teacher: test RMSE {scores['rmse']:.4g}, R² {scores['r2']:.3f}")
-    return teacher, cached, row
+    return cached, row
 
 
 def _scores(table: Table, pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -177,8 +188,7 @@ def _student(
     res = fit(objective, split, table["val"], cfg.student.train, seed=seed, desc=out.name, verbose=False)
     seconds = time.perf_counter() - t0
     model.eval()
-    with torch.no_grad():
-        pred = model(table["test"].x)
+    pred = predict(model, table["test"])
     scores = _scores(table, pred, table["test"].y)
     to_teacher = _scores(table, pred, cached.mean["test"])["rmse"]
     row = {
@@ -204,29 +214,25 @@ def _student(
 def _curves(
     cfg: RegressionExperimentConfig,
     table: Table,
-    teacher: Teacher | None,
+    cached: Cached,
     models: dict[tuple[int, str], torch.nn.Module],
 ) -> dict:
     """The true function, the teacher (mean ± std) and the first seed's students on a grid over the toy's range,
     and the labelled points of each budget, all in the data's own units."""
-    toy = cfg.data.toy
-    grid = np.linspace(toy.low, toy.high, cfg.curve_points)
-    xs = table.scale_x(torch.as_tensor(grid[:, None], dtype=torch.float32))
-    curves: dict = {"x": grid.tolist(), "true": toy_function(grid, toy.function).tolist(), "students": {}}
-    if teacher is not None:
-        mean, var = teacher.predict(xs)
-        curves["teacher"] = table.unscale(mean)[:, 0].tolist()
-        if var is not None:
-            curves["teacher_std"] = (var.sqrt() * table.y_std)[:, 0].tolist()
-    with torch.no_grad():
+    grid, xs = _grid(cfg, table)
+    curves: dict = {"x": grid.tolist(), "true": toy_function(grid, cfg.data.toy.function).tolist(), "students": {}}
+    curves["teacher"] = table.unscale(cached.mean["grid"])[:, 0].tolist()
+    if cached.var is not None:
+        curves["teacher_std"] = (cached.var["grid"].sqrt() * table.y_std)[:, 0].tolist()
+    with torch.no_grad():  # the students are in eval mode (see _student)
         for (budget, role), model in models.items():
             curves["students"].setdefault(str(budget), {})[role] = table.unscale(model(xs))[:, 0].tolist()
     train = table["train"]
     n = len(train)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seeds[0]))
+    order = _labelled(n, cfg.seeds[0])
     curves["labelled"] = {}
     for b in sorted({n if b is None else b for b in cfg.budgets}):
-        rows = perm[:b]
+        rows = order[:b]
         x = train.x[rows] * table.x_std + table.x_mean
         curves["labelled"][str(b)] = {"x": x[:, 0].tolist(), "y": table.unscale(train.y[rows])[:, 0].tolist()}
     return curves

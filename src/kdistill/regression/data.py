@@ -9,6 +9,7 @@ same), NaN or infinite values (counted, with their rows) and row counts that dif
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +23,18 @@ from kdistill.regression.config import RegressionData, ToyConfig
 SPLITS = ("train", "val", "test")
 
 
+# The toy's functions: the formula the data notes print, and the function itself.
+TOY_FUNCTIONS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
+    "wave": ("sin(3x) + 0.3x", lambda x: np.sin(3 * x) + 0.3 * x),
+    "cubic": ("x^3/4 - x", lambda x: x**3 / 4 - x),
+}
+
+
 def toy_function(x: np.ndarray, name: str) -> np.ndarray:
     """The noiseless 1-D function a toy config samples."""
-    if name == "wave":
-        return np.sin(3 * x) + 0.3 * x
-    if name == "cubic":
-        return x**3 / 4 - x
-    raise ValueError(f"unknown toy function {name!r}; use 'wave' or 'cubic'")
+    if name not in TOY_FUNCTIONS:
+        raise ValueError(f"unknown toy function {name!r}; use one of {list(TOY_FUNCTIONS)}")
+    return TOY_FUNCTIONS[name][1](x)
 
 
 @dataclass
@@ -81,7 +87,7 @@ def load_table(cfg: RegressionData) -> Table:
     notes: list[str] = []
     if cfg.source == "toy1d":
         raw = _toy(cfg.toy, rng)
-        notes.append(f"y = {'sin(3x) + 0.3x' if cfg.toy.function == 'wave' else 'x^3/4 - x'} + N(0, {cfg.toy.noise}²)")
+        notes.append(f"y = {TOY_FUNCTIONS[cfg.toy.function][0]} + N(0, {cfg.toy.noise}²)")
     elif cfg.source == "diabetes":
         from sklearn.datasets import load_diabetes  # bundled with scikit-learn: no download
 

@@ -9,6 +9,7 @@ from kdistill.data import Batch, Split
 from kdistill.distiller import Objective, StepOutput
 from kdistill.losses.regression import Kind, regression_kd_parts, regression_loss
 from kdistill.metrics import EvalResult
+from kdistill.trainer import predict
 
 
 class RegressionObjective(Objective):
@@ -49,13 +50,7 @@ class RegressionObjective(Objective):
         loss = parts.pop("loss")
         return StepOutput(loss, s, parts)
 
-    @torch.no_grad()
     def validate(self, split: Split, batch_size: int) -> EvalResult:
         """Validation MSE (standardized units) as ``nll``; there is no accuracy."""
-        was = self.model.training
-        self.model.eval()
-        sse = 0.0
-        for i in range(0, len(split), batch_size):
-            sse += float(((self.model(split.x[i : i + batch_size]) - split.y[i : i + batch_size]) ** 2).sum())
-        self.model.train(was)
+        sse = float(((predict(self.model, split, batch_size) - split.y) ** 2).sum())
         return EvalResult(acc=float("nan"), errors=0, nll=sse / split.y.numel(), n=len(split))

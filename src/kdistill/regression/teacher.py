@@ -6,6 +6,7 @@ Each maps standardized inputs ``[N, D]`` to standardized ``(mean [N, K], varianc
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -102,8 +103,6 @@ def train_teacher(cfg: RegressionTeacher, table: Table, verbose: bool = False) -
 
 
 def _gbr(cfg: RegressionTeacher, table: Table) -> Teacher:
-    import time
-
     from sklearn.ensemble import GradientBoostingRegressor
 
     x, y = table["train"].x.numpy(), table["train"].y.numpy()

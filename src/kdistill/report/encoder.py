@@ -10,14 +10,10 @@ import statistics
 from pathlib import Path
 
 from kdistill.environment import machine_line
-from kdistill.report.page import html_page, html_table, md_heading, md_table, write_pages
+from kdistill.report.page import html_page, html_table, md_heading, md_table, mean_std, write_pages
 
 GOAL = {"speedup_b1": 3.0, "agreement": 0.8, "cos": 0.9}
 METRICS = ("cos", "cos_map", "agreement")
-
-
-def _mean_std(v: list[float]) -> tuple[float, float]:
-    return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0
 
 
 def aggregate_encoder(rows: list[dict]) -> dict[str, dict]:
@@ -34,7 +30,7 @@ def aggregate_encoder(rows: list[dict]) -> dict[str, dict]:
         for m in METRICS:
             vals = [r[m] for r in rs if r.get(m) is not None]
             if len(vals) == len(rs):
-                a[f"{m}_mean"], a[f"{m}_std"] = _mean_std(vals)
+                a[f"{m}_mean"], a[f"{m}_std"] = mean_std(vals)
         secs = [r["train_seconds"] for r in rs if r.get("train_seconds")]
         a["train_seconds"] = statistics.fmean(secs) if secs else None
         agg[key] = a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,11 @@ from kdistill.io import atomic_write_text
 from kdistill.report.summary import md_text, run_command
 
 CSS = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:3px 8px;border-bottom:1px solid #ddd}"
+
+
+def mean_std(v: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (0 for a single seed)."""
+    return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0
 
 
 def md_table(head: list[str], rows: list[list[str]]) -> list[str]:

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import html
 import json
-import statistics
 from pathlib import Path
 
 from kdistill.io import atomic_write_text
-from kdistill.report.page import html_page, html_table, md_heading, md_table, write_pages
+from kdistill.report.figures import new_figure, save_figure
+from kdistill.report.page import html_page, html_table, md_heading, md_table, mean_std, write_pages
 
 METRICS = ("rmse", "mae", "r2", "rmse_to_teacher")
 LABELS = {"scratch": "scratch (labels only)", "kd": "KD", "kd_weighted": "KD, 1/variance-weighted"}
-
-
-def _mean_std(v: list[float]) -> tuple[float, float]:
-    return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0
 
 
 def aggregate_regression(rows: list[dict]) -> list[dict]:
@@ -31,7 +27,7 @@ def aggregate_regression(rows: list[dict]) -> list[dict]:
     for (budget, role), rs in groups.items():
         entry: dict = {"budget": budget, "role": role, "n": len(rs)}
         for m in METRICS:
-            entry[m], entry[f"{m}_std"] = _mean_std([float(r[m]) for r in rs])
+            entry[m], entry[f"{m}_std"] = mean_std([float(r[m]) for r in rs])
         out.append(entry)
     return out
 
@@ -54,7 +50,7 @@ def kd_gains(agg: list[dict], rows: list[dict]) -> list[dict]:
             for (b, r, k), v in per_seed.items()
             if b == budget and r == role and (budget, "scratch", k) in per_seed
         ]
-        paired_mean, paired_sd = _mean_std(paired) if paired else (float("nan"), 0.0)
+        paired_mean, paired_sd = mean_std(paired) if paired else (float("nan"), 0.0)
         out.append(
             {
                 "budget": budget,
@@ -210,13 +206,8 @@ def draw_regression_figures(run_dir: Path, summary: dict) -> list[str]:
     """``budgets.png`` (test RMSE against labels per role, ± std, the teacher as a line) and, for the toy,
     ``curves.png`` (the true function, the teacher ± its spread, the first seed's students, the labelled points)
     for the smallest and the largest budget. Returns the file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = []
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure((6, 4))
+    ax = fig.add_subplot()
     for role in dict.fromkeys(a["role"] for a in summary["aggregate"]):
         pts = sorted((a["budget"], a["rmse"], a["rmse_std"]) for a in summary["aggregate"] if a["role"] == role)
         ax.errorbar(
@@ -235,20 +226,19 @@ def draw_regression_figures(run_dir: Path, summary: dict) -> list[str]:
     ax.set_xlabel("labelled training rows")
     ax.set_ylabel("test RMSE")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "budgets.png", dpi=110)
-    plt.close(fig)
-    names.append("budgets.png")
+    save_figure(fig, run_dir / "budgets.png")
+    names = ["budgets.png"]
     path = run_dir / "curves.json"
     if path.is_file():
-        names.append(_curves_figure(run_dir, json.loads(path.read_text()), plt))
+        names.append(_curves_figure(run_dir, json.loads(path.read_text())))
     return names
 
 
-def _curves_figure(run_dir: Path, curves: dict, plt) -> str:  # noqa: ANN001 - matplotlib.pyplot
+def _curves_figure(run_dir: Path, curves: dict) -> str:
     budgets = sorted(curves["students"], key=int)
     shown = [budgets[0]] + ([budgets[-1]] if len(budgets) > 1 else [])
-    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4), squeeze=False)
+    fig = new_figure((6 * len(shown), 4))
+    axes = fig.subplots(1, len(shown), squeeze=False)
     x = curves["x"]
     for ax, b in zip(axes[0], shown, strict=True):
         pts = curves["labelled"][b]
@@ -267,7 +257,5 @@ def _curves_figure(run_dir: Path, curves: dict, plt) -> str:  # noqa: ANN001 - m
         ax.set_title(f"{b} labels (first seed)")
         ax.set_xlabel("x")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "curves.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, run_dir / "curves.png")
     return "curves.png"
