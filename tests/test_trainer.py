@@ -150,3 +150,40 @@ def test_a_long_run_checkpoints_every_epochs_over_50_and_resumes_exactly(tmp_pat
     fit(StopsAt(cut, None), train, val, cfg, seed=0, out_dir=tmp_path / "cut", verbose=False, resume=True)
     assert torch.equal(cut.weight, full.weight) and torch.equal(cut.bias, full.bias)
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 120
+
+
+def test_validations_spread_the_picks_and_a_resumed_run_keeps_the_interval_sums(tmp_path: Path) -> None:
+    """``validations=4`` over 10 epochs validates after epochs 3, 6, 9 and 10: the same model and numbers at those
+    epochs as validating every epoch, training metrics averaged over the interval, the kept epoch one of the four;
+    a run that dies mid-interval (after epoch 4's checkpoint) resumes to the same rows and weights."""
+    train, val = _splits()
+    base = {"epochs": 10, "batch_size": 80, "optimizer": "sgd", "lr": 0.01, "schedule": "cosine"}
+    torch.manual_seed(0)
+    every = nn.Linear(4, 2)
+    ref = fit(Supervised(every), train, val, TrainConfig(**base), seed=0, verbose=False)
+    cfg = TrainConfig(**base, validations=4)
+    torch.manual_seed(0)
+    spread = nn.Linear(4, 2)
+    res = fit(StopsAt(spread, None), train, val, cfg, seed=0, out_dir=tmp_path / "full", verbose=False)
+    assert [h["epoch"] for h in res.history] == [3, 6, 9, 10]
+    by_epoch = {h["epoch"]: h for h in ref.history}
+    for row in res.history:
+        assert row["val_acc"] == by_epoch[row["epoch"]]["val_acc"]
+        assert row["val_nll"] == pytest.approx(by_epoch[row["epoch"]]["val_nll"], abs=0)
+    first = [by_epoch[e]["train_loss"] for e in (1, 2, 3)]
+    assert res.history[0]["train_loss"] == pytest.approx(sum(first) / 3, rel=1e-12)
+    assert res.history[-1]["train_loss"] == by_epoch[10]["train_loss"]  # an interval of one epoch
+    assert res.best_epoch in (3, 6, 9, 10)
+    accs = {h["epoch"]: h["val_acc"] for h in res.history}
+    assert res.best_val_acc == max(accs.values()) and accs[res.best_epoch] == res.best_val_acc
+    torch.manual_seed(0)
+    cut = nn.Linear(4, 2)
+    with pytest.raises(RuntimeError, match="died"):  # one step per epoch: dies during epoch 5, last.pt is epoch 4's
+        fit(StopsAt(cut, 4), train, val, cfg, seed=0, out_dir=tmp_path / "cut", verbose=False)
+    assert safe_load(tmp_path / "cut" / "last.pt")["pending"]["epochs"] == 1  # epoch 4, not yet validated
+    again = fit(StopsAt(cut, None), train, val, cfg, seed=0, out_dir=tmp_path / "cut", verbose=False, resume=True)
+
+    def drop_time(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert drop_time(again.history) == drop_time(res.history) and torch.equal(cut.weight, spread.weight)

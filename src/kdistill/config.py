@@ -82,6 +82,13 @@ class TrainConfig(StrictModel):
     step_size: int = Field(10, ge=1, description="epochs between x0.1 decays for schedule=step")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval_batch_size: int = Field(1000, ge=1)
+    validations: int | None = Field(
+        None,
+        ge=1,
+        description="validate (and so choose the kept epoch) at most this many times, at evenly spaced epoch ends "
+        "and the last; null: after every epoch. Gives students of one step budget the same number of picks when "
+        "their epochs differ in length (a 2,000-image student runs ~860 epochs, a 55,000-image one 30)",
+    )
     select: Literal["acc", "nll", "last"] = Field(
         "acc",
         description="the epoch kept: best validation accuracy, lowest validation NLL (language models, regression), "
@@ -103,7 +110,8 @@ class TrainConfig(StrictModel):
         out at their defaults, so that earlier teachers and checkpoints keep their keys."""
         d = self.model_dump(mode="json")
         d["augment"] = self.augment.key()
-        for name, default in (("select", "acc"), ("precision", "float32"), ("memory_format", "contiguous")):
+        defaults = (("select", "acc"), ("precision", "float32"), ("memory_format", "contiguous"), ("validations", None))
+        for name, default in defaults:
             if d[name] == default:
                 del d[name]
         return d

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from kdistill.environment import torch_threads
 from kdistill.models import count_params, module_device
 
 DEFAULT_BATCH_SIZES = (1, 64)
@@ -135,13 +136,11 @@ def measure_many(
     make = make_input or (lambda b, g: torch.randn(b, *input_shape, generator=g))
     inputs = {b: make(b, gen) for b in batch_sizes}
     modes = {name: m.training for name, m in cpu.items()}
-    old_threads = torch.get_num_threads()
     calls: dict[tuple[str, int], int] = {}
     try:
-        torch.set_num_threads(threads)
         for m in cpu.values():
             m.eval()
-        with torch.inference_mode():
+        with torch_threads(threads), torch.inference_mode():
             for b, x in inputs.items():
                 for name in names:
                     for _ in range(warmup):
@@ -149,7 +148,6 @@ def measure_many(
                     calls[name, b] = _calls_per_timing(cpu[name], x, min_repeat_s)
             samples = _timed_rounds(cpu, inputs, calls, repeats)
     finally:
-        torch.set_num_threads(old_threads)
         for name, m in cpu.items():
             m.train(modes[name])
     for name in names:

@@ -7,7 +7,9 @@ benchmark table records this, so that a number always comes with the machine tha
 
 from __future__ import annotations
 
+import contextlib
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -45,3 +47,14 @@ def machine_line(env: dict | None) -> str:
     env = env or {}
     machine = ", ".join(str(env[k]) for k in ("cpu", "cpu_capability", "cuda_device") if env.get(k))
     return f"Measured on {machine}, torch {env.get('torch')}, {env.get('threads')} thread(s)." if machine else ""
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the block, the previous count restored after it (even on an error)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -188,7 +188,8 @@ def fit(
 ) -> FitResult:
     """Train ``objective.model`` by minimizing ``objective(batch).loss``.
 
-    After every epoch the model is evaluated on ``val``; the weights with the best validation accuracy
+    After every epoch (or ``cfg.validations`` evenly spaced ones and the last) the model is evaluated on ``val``;
+    the weights with the best validation accuracy
     (or the lowest validation NLL, ``cfg.select = "nll"``: language models; or simply the last epoch's,
     ``"last"``: students with a label budget) are kept (and restored into the
     model at the end), so model selection never looks at test data.
@@ -269,6 +270,11 @@ class _Fit:
         self.history: list[dict] = []
         self.best_acc, self.best_nll, self.best_epoch, self.best_state = -1.0, math.inf, -1, None
         self.seconds, self.start = 0.0, 0
+        # The epochs that end with a validation: all of them, or evenly spaced ones and the last (cfg.validations)
+        every = -(-cfg.epochs // cfg.validations) if cfg.validations else 1
+        self.val_epochs = sorted({e for e in range(every, cfg.epochs + 1, every)} | {cfg.epochs})
+        # Training sums of the epochs since the last validation (its row averages over them), kept in last.pt
+        self.pending: dict = {"sums": {}, "correct": 0, "seen": 0, "epochs": 0}
         self.saved_epoch = 0  # the epoch that last.pt ends (what a resume continues from)
         self.last_loss: float | None = None  # for the message when a loss turns non-finite
 
@@ -293,6 +299,7 @@ class _Fit:
         self.saved_epoch = self.start
         self.best_acc, self.best_epoch, self.best_state = float(ck["best_acc"]), int(ck["best_epoch"]), ck["best_state"]
         self.best_nll = float(ck.get("best_nll", math.inf))
+        self.pending = ck.get("pending", self.pending)
         if self.verbose and dist.is_main():
             print(f"  {self.desc}: resumed from {last} after epoch {self.start}/{self.cfg.epochs}", flush=True)
 
@@ -355,14 +362,38 @@ class _Fit:
         """Sum the training metrics over processes, evaluate, keep the best weights, write the checkpoint."""
         keys = sorted(sums)
         totals = dist.all_sum([sums[k] for k in keys] + [correct, seen])
-        sums, correct, seen = dict(zip(keys, totals[:-2], strict=True)), totals[-2], totals[-1]
+        pend = self.pending
+        for k, t in zip(keys, totals[:-2], strict=True):
+            pend["sums"][k] = pend["sums"].get(k, 0.0) + t
+        pend["correct"], pend["seen"], pend["epochs"] = (
+            pend["correct"] + totals[-2],
+            pend["seen"] + totals[-1],
+            pend["epochs"] + 1,
+        )
+        if epoch + 1 in self.val_epochs:
+            self._validate(epoch)
+        # last.pt and metrics.jsonl after every epoch of a short run, ~50 times in all in a long one: a student of a
+        # 2,000-image set runs 860 epochs, and writing (and fsyncing) both per epoch wrote ~2.6 GB per student.
+        if (epoch + 1) % max(1, self.cfg.epochs // 50) == 0 or epoch + 1 == self.cfg.epochs:
+            rngs = dist.gather_objects(self._rng_state())  # every rank's RNG, so that each resumes its own streams
+            if self.writes:
+                self.write_metrics()
+                atomic_save(self._checkpoint(epoch, rngs), self.out_dir / "last.pt")
+            self.saved_epoch = epoch + 1
+
+    def _validate(self, epoch: int) -> None:
+        """Evaluate, append the row (training metrics averaged over the epochs since the last one), keep the best
+        weights."""
+        pend = self.pending
         n_rows = len(self.loader) * self.loader.batch_size if self.loader.drop_last else len(self.train)
+        n_rows *= pend["epochs"]
         dist.sync_buffers(self.model)  # every rank evaluates rank 0's model: same numbers, same best epoch
         v = self.objective.validate(self.val, self.cfg.eval_batch_size)
         if v is None:
             v = evaluate(self.model, self.val, self.cfg.eval_batch_size)
-        row = {"epoch": epoch + 1, **{f"train_{k}": s / n_rows for k, s in sums.items()}}
-        row["train_acc"] = correct / seen if seen else float("nan")
+        row = {"epoch": epoch + 1, **{f"train_{k}": s / n_rows for k, s in pend["sums"].items()}}
+        row["train_acc"] = pend["correct"] / pend["seen"] if pend["seen"] else float("nan")
+        self.pending = {"sums": {}, "correct": 0, "seen": 0, "epochs": 0}
         row.update(v.as_dict("val"))
         row["lr"] = self.opt.param_groups[0]["lr"]
         row["seconds"] = round(self.seconds, 3)
@@ -375,16 +406,9 @@ class _Fit:
             if self.writes:
                 best = {"state_dict": self.best_state, "objective_state": objective_state(self.objective)}
                 atomic_save({**best, "epoch": epoch + 1, "val_acc": v.acc}, self.out_dir / "best.pt")
-        # last.pt and metrics.jsonl after every epoch of a short run, ~50 times in all in a long one: a student of a
-        # 2,000-image set runs 860 epochs, and writing (and fsyncing) both per epoch wrote ~2.6 GB per student.
-        if (epoch + 1) % max(1, self.cfg.epochs // 50) == 0 or epoch + 1 == self.cfg.epochs:
-            rngs = dist.gather_objects(self._rng_state())  # every rank's RNG, so that each resumes its own streams
-            if self.writes:
-                self.write_metrics()
-                atomic_save(self._checkpoint(epoch, rngs), self.out_dir / "last.pt")
-            self.saved_epoch = epoch + 1
-        every = max(1, self.cfg.epochs // 10)
-        if self.verbose and dist.is_main() and (self.cfg.epochs <= 30 or (epoch + 1) % every == 0):
+        shown = len(self.history) - 1  # this validation's position among the run's
+        every = max(1, len(self.val_epochs) // 10)
+        if self.verbose and dist.is_main() and (len(self.val_epochs) <= 30 or (shown + 1) % every == 0):
             print(
                 f"  {self.desc} epoch {epoch + 1}/{self.cfg.epochs}: loss {row['train_loss']:.4f} "
                 f"val_acc {v.acc:.4f} ({self.seconds:.0f}s)",
@@ -411,6 +435,7 @@ class _Fit:
             "best_nll": self.best_nll,
             "best_epoch": self.best_epoch,
             "best_state": self.best_state,
+            "pending": self.pending,
             "fingerprint": self.fingerprint,
         }
 

@@ -45,7 +45,8 @@ def test_a_failing_worker_is_one_error_and_the_finished_students_are_kept(
 
 def test_workers_compute_the_teacher_logits_once(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     """Three workers need the teacher's logits on the transfer set at once: one computes them (under a lock on
-    teacher/), the others read the file it wrote; a --resume reads it too."""
+    the teacher-output cache), the others read the file it wrote; a --resume reads it too, and so does another
+    run with the same teacher and transfer images (the few-labels scenario after the compression one)."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text("{}\n")
     ov = [*synthetic_overrides(tmp_path, "run"), "seeds=[0,1,2]", "roles=[kd]", "threads=1"]
@@ -54,6 +55,14 @@ def test_workers_compute_the_teacher_logits_once(tmp_path: Path, capfd: pytest.C
     log = out.out + out.err
     assert log.count("teacher logits cached for") == 1, log
     assert log.count("teacher logits read back for") >= 2
-    assert len(list((tmp_path / "run" / "teacher").glob("logits-*.pt"))) == 1
+    assert len(list((tmp_path / "_teacher_cache").glob("logits/*.pt"))) == 1
+    assert len(list((tmp_path / "_teacher_cache").glob("predictions/*.pt"))) == 1
     assert main(["run", str(cfg), *ov, "--resume"]) == 0
     assert "teacher logits cached for" not in capfd.readouterr().out
+    other = [*ov, "name=other", "data.labelled=100", "kd.transfer=all"]  # labels differ; images and teacher do not
+    assert main(["run", str(cfg), *other]) == 0
+    assert "teacher logits read back for" in capfd.readouterr().out
+    assert len(list((tmp_path / "_teacher_cache").glob("*/*.pt"))) == 2  # nothing computed twice
+    rows = {r["role"]: r for r in json.loads((tmp_path / "other" / "summary.json").read_text())["rows"]}
+    first = {r["role"]: r for r in json.loads((tmp_path / "run" / "summary.json").read_text())["rows"]}
+    assert rows["teacher"]["test_acc"] == first["teacher"]["test_acc"]

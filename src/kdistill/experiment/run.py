@@ -19,6 +19,7 @@ import sys
 from kdistill import dist
 from kdistill.config import ExperimentConfig
 from kdistill.data.inspect import record
+from kdistill.environment import torch_threads
 from kdistill.experiment.checks import check_resumable
 from kdistill.experiment.context import RunContext, log, open_run, run_dir_of, smoke_config, start_writing
 from kdistill.experiment.evaluate import deployment
@@ -109,6 +110,12 @@ def _train_in_workers(ctx: RunContext, cfg: ExperimentConfig, jobs: int) -> None
     base = [sys.executable, "-m", "kdistill", "run", str(spec), *(["--smoke"] if ctx.smoke else [])]
     procs = [subprocess.Popen([*base, "--worker-seeds", ",".join(map(str, g))]) for g in groups]
     try:
+        # Meanwhile this process computes what the workers' later roles share (the teacher's transfer-set logits:
+        # 53 s of one core in the demo), on one thread: the workers have the cores. Computed by a worker instead,
+        # it kept a core idle while the other workers waited for it.
+        with torch_threads(1):
+            for name in dict.fromkeys(cfg.roles):
+                ROLES[name].prepare(ctx)
         codes = [p.wait() for p in procs]
     finally:
         for p in procs:  # an interrupted parent stops its workers too

@@ -15,9 +15,10 @@ from torch import nn
 
 from kdistill import dist
 from kdistill.augment import is_augmented, is_mixing
-from kdistill.caches import CacheError, LogitCache, ViewCache, cache_key, state_fingerprint
+from kdistill.caches import CACHE_FORMAT, CacheError, LogitCache, ViewCache, cache_key, state_fingerprint
 from kdistill.config import ExperimentConfig, ModelSpec, TeacherConfig, TrainConfig
 from kdistill.data import BatchLoader
+from kdistill.data.store import fingerprint
 from kdistill.distiller import Distiller, Objective, Supervised
 from kdistill.experiment.context import RunContext, TeacherInfo, log
 from kdistill.experiment.evaluate import model_row
@@ -122,13 +123,20 @@ def prepare_teacher(ctx: RunContext) -> dict:
     t.model.to(ctx.device)
     ctx.teacher, ctx.frozen = t, FrozenTeacher(t.model, fast=ctx.fast)
     data = ctx.data
-    key = f"{state_fingerprint(t.model)}:{data.fingerprint}"
+    weights = state_fingerprint(t.model)
+    key = f"{weights}:{data.fingerprint}"
     path = ctx.run_dir / "teacher" / "predictions.pt"
     saved = safe_load(path) if ctx.resume and path.is_file() else {}
     if saved.get("key") == key:  # a --jobs worker or a resumed run: the teacher was scored by this very run
         ctx.t_test, ctx.t_val = saved["test_logits"], saved["val_logits"]
-    else:
-        ctx.t_test, ctx.t_val = predict(t.model, data.test), predict(t.model, data.val)
+    else:  # or by an earlier run on the same images (the demo's two scenarios share teacher and test set)
+        got, _ = shared_outputs(
+            ctx,
+            "predictions",
+            [weights, fingerprint(data.test.x), fingerprint(data.val.x)],
+            lambda: {"test": predict(t.model, data.test), "val": predict(t.model, data.val)},
+        )
+        ctx.t_test, ctx.t_val = got["test"], got["val"]
     # One test image per class (the first of each) for the soft-target figure of the report.
     firsts = [int((data.test.y == c).nonzero()[0]) for c in range(data.num_classes) if bool((data.test.y == c).any())]
     if dist.is_main() and saved.get("key") != key:
@@ -210,35 +218,60 @@ def _build_source(ctx: RunContext, teacher: FrozenTeacher, train: TrainConfig, l
 
 
 def _logit_cache(ctx: RunContext, teacher: FrozenTeacher, layers: Sequence[str]) -> tuple[LogitCache, str]:
-    """The teacher's logits on the transfer set, and how they were got ("cached": computed now; "read back": from
-    the run directory).
-
-    Logits alone (a few MiB) are kept in ``teacher/logits-<key>.pt``, keyed by the teacher's weights, the data
-    and the transfer set's indices: ``--jobs`` workers and ``--resume`` read them instead of running the teacher
-    over the transfer set again, and a lock on the ``teacher/`` directory lets one process compute them while
-    the others wait (three workers each computing them cost ~90 s apiece on 2 cores). Layers (possibly large
-    feature maps) are computed per process and never written."""
+    """The teacher's logits on the transfer set, and how they were got ("cached": computed now; "read back": by
+    an earlier process). Logits alone (a few MiB) go to the shared teacher-output cache (:func:`shared_outputs`);
+    layers (possibly large feature maps) are computed per process and never written."""
     ts = ctx.data.transfer_set
     if layers:
         return LogitCache.build(teacher, BatchLoader(ts, 500), layers), "cached"
-    h = hashlib.sha256(f"{state_fingerprint(teacher.model)}:{ctx.data.fingerprint}:".encode())
-    h.update(ts.index.numpy().tobytes())
-    path = ctx.run_dir / "teacher" / f"logits-{h.hexdigest()[:16]}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with dir_lock(path.parent):
-        if path.is_file():
-            saved = safe_load(path)
-            return LogitCache(saved["logits"], saved["index"]), "read back"
+
+    def build() -> dict:
         cache = LogitCache.build(teacher, BatchLoader(ts, 500))
-        atomic_save({"logits": cache.logits, "index": cache.index}, path)
-        return cache, "cached"
+        return {"logits": cache.logits, "index": cache.index}
+
+    parts = [state_fingerprint(teacher.model), fingerprint(ts.x), ts.index.contiguous().numpy().tobytes()]
+    saved, reused = shared_outputs(ctx, "logits", parts, build)
+    return LogitCache(saved["logits"], saved["index"]), "read back" if reused else "cached"
+
+
+def outputs_dir(cfg: ExperimentConfig) -> Path:
+    """Where teacher outputs shared between processes and runs live (``kd.cache.dir``, by default
+    ``<output_dir>/_teacher_cache``): view caches, transfer-set logits, test and validation predictions."""
+    return Path(cfg.kd.cache.dir or Path(cfg.output_dir) / "_teacher_cache")
+
+
+def shared_outputs(
+    ctx: RunContext, kind: str, parts: Sequence[str | bytes], compute: Callable[[], dict]
+) -> tuple[dict, bool]:
+    """``compute()``'s result, saved once as ``<outputs_dir>/<kind>/<key>.pt`` (``key``: a hash of ``parts``, which
+    name the teacher's weights and the inputs' bytes) and read back by every later process: ``--jobs`` workers, a
+    ``--resume``, or another run with the same teacher and images (the demo's two scenarios score the same
+    teacher on the same test set and run it over the same 55,000 images). Outputs are float32 and exact, so a
+    read-back equals a recomputation. A lock on ``<kind>/`` lets one process compute while the others wait (one
+    lock per kind: a worker reading predictions never waits for another process's transfer-set logits); whether
+    the result was read back is the second value."""
+    h = hashlib.sha256(f"{kind}:{CACHE_FORMAT}".encode())
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else part.encode())
+    directory = outputs_dir(ctx.cfg) / kind
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{h.hexdigest()[:24]}.pt"
+    with dir_lock(directory):
+        if path.is_file():
+            try:
+                return safe_load(path), True
+            except CheckpointError as e:  # a damaged entry is rebuilt, never trusted
+                log(f"teacher: {e}; computing it again")
+        got = compute()
+        atomic_save(got, path)
+        return got, False
 
 
 def _view_cache(ctx: RunContext, teacher: FrozenTeacher, train: TrainConfig) -> ViewCache:
     cfg, cc, ts, aug = ctx.cfg, ctx.cfg.kd.cache, ctx.data.transfer_set, train.augment
     precision = "bf16" if teacher.fast and bf16_supported(ctx.device) else "float32"
     key = cache_key(teacher.model, ts.x, ts.index, aug, cc.views, cfg.data.split_seed, cc.topk, cfg.kd.T, precision)
-    path = Path(cc.dir or Path(cfg.output_dir) / "_teacher_cache") / key
+    path = outputs_dir(cfg) / key
     if dist.is_main():
         try:
             cache = ViewCache.open(path, key)

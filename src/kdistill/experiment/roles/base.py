@@ -72,6 +72,11 @@ class Role:
         """One line on what it (or one of its rows' variants) is, for summaries; None: nothing to add."""
         return None
 
+    def prepare(self, ctx: RunContext) -> None:
+        """Work that every seed of the role shares and that other processes can read back (the teacher's outputs
+        on the transfer set), done ahead: ``--jobs`` runs it in the parent process while the workers train their
+        first roles, instead of in one worker while the others wait for it. Default: nothing."""
+
     def run(self, ctx: RunContext, seed: int) -> list[dict]:
         """Train one seed of the role; its summary rows."""
         raise NotImplementedError

@@ -87,6 +87,14 @@ class KD(Role):
             teacher = build_model(cfg.teacher.model.arch, data.input_shape, data.num_classes, cfg.teacher.model.kwargs)
             kd_terms(ctx, student, teacher)
 
+    def prepare(self, ctx: RunContext) -> None:
+        """The transfer-set logits or view cache, written where the workers read them back. Terms reading teacher
+        layers keep those in their own process, so there is nothing to share."""
+        cfg = ctx.cfg
+        if not teacher_layers(cfg.terms):
+            assert ctx.frozen is not None
+            teacher_source(ctx, ctx.frozen, cfg.student.train, key="teacher")
+
     def run(self, ctx: RunContext, seed: int) -> list[dict]:
         cfg = ctx.cfg
         assert ctx.frozen is not None and ctx.teacher is not None
