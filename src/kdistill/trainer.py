@@ -82,13 +82,16 @@ def _evaluate_tokens(model: nn.Module, split: Split, batch_size: int) -> EvalRes
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    # foreach=True: PyTorch picks its per-parameter loop on a CPU, which updated the demo's MLP in 331 us a step
+    # against 240 us for the multi-tensor path, with the same float32 results bit for bit (tests/test_trainer.py);
+    # fused kernels are faster still, but round differently.
     if cfg.optimizer == "sgd":
         nesterov = cfg.nesterov and cfg.momentum > 0
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov, weight_decay=cfg.weight_decay, foreach=True
         )
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def make_lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:

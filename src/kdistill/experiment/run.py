@@ -82,10 +82,11 @@ def _run(
         main_teacher(ctx)
     if worker_seeds is None:
         start_writing(ctx)
-    rows = [prepare_teacher(ctx)]
     if jobs > 1 and len(cfg.seeds) > 1 and worker_seeds is None:
-        _train_in_workers(ctx, original or cfg, jobs)
+        rows = [_train_in_workers(ctx, original or cfg, jobs)]
         ctx.resume = True  # what the workers finished is kept, as after an interruption
+    else:
+        rows = [prepare_teacher(ctx)]
     for seed in cfg.seeds if worker_seeds is None else worker_seeds:
         for name in cfg.roles:
             rows += ROLES[name].run(ctx, seed)
@@ -96,9 +97,10 @@ def _run(
     return summary
 
 
-def _train_in_workers(ctx: RunContext, cfg: ExperimentConfig, jobs: int) -> None:
+def _train_in_workers(ctx: RunContext, cfg: ExperimentConfig, jobs: int) -> dict:
     """Start ``jobs`` processes (``kdistill run <resolved config> --worker-seeds ...``), each training its share of
-    the seeds; wait for all; a failed one is a :class:`JobError` (the others are stopped)."""
+    the seeds; meanwhile score the teacher (its row is returned) and compute what the roles share; wait for all;
+    a failed one is a :class:`JobError` (the others are stopped)."""
     if dist.world() > 1:
         raise JobError("--jobs and torchrun do not combine: torchrun already starts one process per rank")
     jobs = min(jobs, len(cfg.seeds))
@@ -110,10 +112,12 @@ def _train_in_workers(ctx: RunContext, cfg: ExperimentConfig, jobs: int) -> None
     base = [sys.executable, "-m", "kdistill", "run", str(spec), *(["--smoke"] if ctx.smoke else [])]
     procs = [subprocess.Popen([*base, "--worker-seeds", ",".join(map(str, g))]) for g in groups]
     try:
-        # Meanwhile this process computes what the workers' later roles share (the teacher's transfer-set logits:
-        # 53 s of one core in the demo), on one thread: the workers have the cores. Computed by a worker instead,
-        # it kept a core idle while the other workers waited for it.
+        # Meanwhile this process, on one thread (the workers have the cores), scores the teacher (the workers read
+        # its predictions back from the shared cache, waiting on its lock while they start up) and computes what
+        # the workers' later roles share (the teacher's transfer-set logits: 53 s of one core in the demo).
+        # Computed by a worker instead, the logits kept a core idle while the other workers waited for them.
         with torch_threads(1):
+            teacher_row = prepare_teacher(ctx)
             for name in dict.fromkeys(cfg.roles):
                 ROLES[name].prepare(ctx)
         codes = [p.wait() for p in procs]
@@ -130,6 +134,7 @@ def _train_in_workers(ctx: RunContext, cfg: ExperimentConfig, jobs: int) -> None
             + "; ".join(f"seeds {g} exited with code {c}" for g, c in failed)
             + " (their error is printed above); the students that finished are kept, so --resume continues"
         )
+    return teacher_row
 
 
 def _summarize(ctx: RunContext, rows: list[dict]) -> dict:
