@@ -27,6 +27,7 @@ encoder: setup
 # pytest exits 5 when it collects no test: say so loudly instead of failing on a technicality.
 # Lint runs after the tests (a style slip should not hide test results) and fails CI too.
 test: setup data
+	@scripts/setup.sh tests
 	@KDISTILL_REQUIRE_FASHION=1 .venv/bin/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5)"; rc=0; fi; \
 	$(MAKE) --no-print-directory lint-only || rc=$$((rc ? rc : 1)); exit $$rc

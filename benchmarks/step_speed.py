@@ -1,11 +1,13 @@
 """One training step of the demo's students, in parts and in four numeric set-ups, as ratios in one process.
 
-    .venv/bin/python benchmarks/step_speed.py            # ~1 min, 1 thread
+    .venv/bin/python benchmarks/step_speed.py            # ~2 min, 1 thread
     .venv/bin/python benchmarks/step_speed.py --smoke
 
 For the compression student (CNN, 24,058 parameters) and the few-labels student (MLP 784-300-10), batch 128:
 milliseconds per step of forward, backward and optimizer (SGD, Nesterov, as the recipes), then the whole step
-with float32, channels_last, bf16 autocast and both, interleaved over rounds (median), as ratios to float32.
+with float32, channels_last, bf16 autocast and both, interleaved over rounds (median), as ratios to float32;
+what the loop does around the arithmetic; one SGD step per implementation (loop, foreach, fused); and a
+torch.profiler table of the demo's CNN KD step by operator.
 Writes ``benchmarks/results/step_speed.md``.
 """
 
@@ -117,6 +119,58 @@ def variants(base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def optimizers(base: torch.nn.Module, steps: int, rounds: int) -> dict[str, float]:
+    """Median µs of one SGD step (the recipes' Nesterov momentum and weight decay) per implementation: PyTorch's
+    CPU default (a loop over parameters), foreach (multi-tensor, what kdistill asks for) and fused."""
+    kinds = {"per-parameter loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    opts, models = {}, {}
+    g = torch.Generator().manual_seed(1)
+    for name, kw in kinds.items():
+        models[name] = copy.deepcopy(base)
+        opts[name] = torch.optim.SGD(
+            models[name].parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, **kw
+        )
+        for p in models[name].parameters():
+            p.grad = torch.randn(p.shape, generator=g)
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(rounds):
+        for name, opt in opts.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                opt.step()
+            times[name].append(1e6 * (time.perf_counter() - t0) / steps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def profile_step(base: torch.nn.Module, steps: int, top: int = 10) -> list[tuple[str, float, int]]:
+    """torch.profiler over ``steps`` whole steps of the demo's set-up (bf16 autocast, channels_last, KD loss at
+    T = 2 with cached teacher logits, foreach SGD): the ``top`` operators by self CPU time, as (name, µs per
+    step, calls per step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    m = copy.deepcopy(base).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=True)
+    g = torch.Generator().manual_seed(2)
+    x, y, t = torch.randn(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g), torch.randn(128, 10)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            s = m(x).float()
+        soft = F.kl_div(F.log_softmax(s / 2, -1), F.log_softmax(t / 2, -1), log_target=True, reduction="batchmean")
+        loss = 0.5 * 4 * soft + 0.5 * F.cross_entropy(s, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [(e.key, e.self_cpu_time_total / steps, round(e.count / steps)) for e in rows[:top]]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true")
@@ -160,6 +214,32 @@ def main(argv: list[str] | None = None) -> int:
         "| " + " | ".join(costs) + " |",
         "|" + "---:|" * len(costs),
         "| " + " | ".join(f"{v:.0f}" for v in costs.values()) + " |",
+    ]
+    lines += [
+        "",
+        "One SGD step (Nesterov, weight decay) per implementation, median µs (bit-identical results: foreach and the "
+        "loop always, tests/test_trainer.py; fused not for the MLP):",
+        "",
+        "| student | per-parameter loop (PyTorch's CPU default) | foreach (kdistill) | fused |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, (arch, kwargs) in STUDENTS.items():
+        torch.manual_seed(0)
+        o = optimizers(build_model(arch, (1, 28, 28), 10, kwargs), 5 * steps, rounds)
+        lines.append(f"| {name} | {' | '.join(f'{v:.0f}' for v in o.values())} |")
+    torch.manual_seed(0)
+    cnn = build_model(STUDENTS["compression CNN"][0], (1, 28, 28), 10, STUDENTS["compression CNN"][1])
+    prof = profile_step(cnn, steps)
+    total = sum(us for _, us, _ in prof)
+    lines += [
+        "",
+        "torch.profiler, one KD step of the compression CNN as the demo trains it (bf16, channels_last, cached "
+        f"teacher logits, foreach SGD): the {len(prof)} operators with the most self CPU time ({total / 1e3:.2f} ms "
+        "per step together):",
+        "",
+        "| operator | µs per step | calls per step |",
+        "|---|---:|---:|",
+        *[f"| `{k}` | {us:.0f} | {n} |" for k, us, n in prof],
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

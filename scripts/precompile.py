@@ -1,15 +1,17 @@
-"""Import every kdistill module and the libraries its runs and tests load, so that Python writes their bytecode
-once (scripts/setup.sh runs this after ``pip install --no-compile``). Optional libraries that are missing are
-skipped: this only warms a cache."""
+"""Import every kdistill module and the libraries its runs load (``--tests``: also those only the tests load), so
+that Python writes their bytecode once: scripts/setup.sh runs this after ``pip install --no-compile``. Optional
+libraries that are missing are skipped: this only warms a cache."""
 
 import importlib
 import pkgutil
+import sys
 
 import kdistill
 
-# kdistill.__main__ would run the CLI
-MODULES = [m.name for m in pkgutil.walk_packages(kdistill.__path__, "kdistill.") if m.name != "kdistill.__main__"] + [
-    "matplotlib.pyplot",
+# kdistill.__main__ would run the CLI; matplotlib's pyplot is imported lazily by the report layer.
+RUN = [m.name for m in pkgutil.walk_packages(kdistill.__path__, "kdistill.") if m.name != "kdistill.__main__"]
+RUN += ["matplotlib.pyplot"]
+TESTS = [
     "sklearn.linear_model",
     "sklearn.ensemble",
     "onnx",
@@ -21,7 +23,7 @@ MODULES = [m.name for m in pkgutil.walk_packages(kdistill.__path__, "kdistill.")
     "hypothesis",
 ]
 
-for name in MODULES:
+for name in RUN + (TESTS if "--tests" in sys.argv[1:] else []):
     try:
         importlib.import_module(name)
     except ImportError:

@@ -21,5 +21,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # first run unless PYTHONDONTWRITEBYTECODE is set, as on some CI machines: then every process would compile
   # torch again, ~6 s each).
   env -u PYTHONDONTWRITEBYTECODE .venv/bin/python scripts/precompile.py
+  rm -f .venv/.kdistill-setup-tests
   echo "$want" > "$stamp"
+fi
+# `scripts/setup.sh tests` (make test): the libraries only the tests load too (transformers' models, onnxruntime,
+# hypothesis: ~10 s once), left out of the demo's set-up.
+if [ "${1:-}" = tests ] && [ ! -f .venv/.kdistill-setup-tests ]; then
+  env -u PYTHONDONTWRITEBYTECODE .venv/bin/python scripts/precompile.py --tests
+  touch .venv/.kdistill-setup-tests
 fi

@@ -53,12 +53,27 @@ class RunContext:
     device: torch.device
     run_dir: Path
     data: DataBundle
-    # Set by kdistill.experiment.teachers.prepare_teacher, before any role runs:
+    # Set by kdistill.experiment.teachers.attach_teacher, before any role runs:
     teacher: TeacherInfo | None = None
     frozen: FrozenTeacher | None = None  # the run's teacher as a distilled student sees it
-    t_test: torch.Tensor | None = None  # its logits on the test and validation images
-    t_val: torch.Tensor | None = None
+    # its logits on the test and validation images, got when first asked for (t_test, t_val)
+    teacher_predictions: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
     shared: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def t_test(self) -> torch.Tensor:
+        """The teacher's logits on the test images."""
+        return self._predictions()[0]
+
+    @property
+    def t_val(self) -> torch.Tensor:
+        """The teacher's logits on the validation images."""
+        return self._predictions()[1]
+
+    def _predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.teacher_predictions is None:
+            raise RuntimeError("the run's teacher is not attached yet (kdistill.experiment.teachers.attach_teacher)")
+        return self.once("teacher:predictions", self.teacher_predictions)
 
     @property
     def fast(self) -> bool:

@@ -24,7 +24,7 @@ from kdistill.experiment.checks import check_resumable
 from kdistill.experiment.context import RunContext, log, open_run, run_dir_of, smoke_config, start_writing
 from kdistill.experiment.evaluate import deployment
 from kdistill.experiment.roles import ROLES
-from kdistill.experiment.teachers import main_teacher, prepare_teacher
+from kdistill.experiment.teachers import attach_teacher, main_teacher, prepare_teacher
 from kdistill.io import atomic_write_text
 from kdistill.lock import run_lock
 from kdistill.report.html import build_report
@@ -82,7 +82,10 @@ def _run(
         main_teacher(ctx)
     if worker_seeds is None:
         start_writing(ctx)
-    if jobs > 1 and len(cfg.seeds) > 1 and worker_seeds is None:
+    if worker_seeds is not None:  # its parent scores the teacher and writes its row
+        attach_teacher(ctx)
+        rows: list[dict] = []
+    elif jobs > 1 and len(cfg.seeds) > 1:
         rows = [_train_in_workers(ctx, original or cfg, jobs)]
         ctx.resume = True  # what the workers finished is kept, as after an interruption
     else:

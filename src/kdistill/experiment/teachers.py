@@ -113,33 +113,53 @@ def main_teacher(ctx: RunContext) -> TeacherInfo:
     return ctx.once("teacher:main", lambda: get_teacher(ctx))
 
 
+def attach_teacher(ctx: RunContext) -> TeacherInfo:
+    """Get the run's teacher into ``ctx`` (``teacher``, ``frozen``); its test and validation predictions are got
+    when first asked for (``ctx.t_test``, ``ctx.t_val``): a ``--jobs`` worker starts training while its parent
+    scores the teacher, and reads the predictions back when a student's row needs them."""
+    t = main_teacher(ctx)
+    t.model.to(ctx.device)
+    ctx.teacher, ctx.frozen = t, FrozenTeacher(t.model, fast=ctx.fast)
+    ctx.teacher_predictions = lambda: _teacher_predictions(ctx, t)
+    return t
+
+
+def _predictions_key(ctx: RunContext, t: TeacherInfo) -> tuple[str, str]:
+    """The key of ``teacher/predictions.pt`` (this teacher on this run's data) and the teacher's fingerprint."""
+    weights = ctx.once("teacher:fingerprint", lambda: state_fingerprint(t.model))
+    return f"{weights}:{ctx.data.fingerprint}", weights
+
+
+def _teacher_predictions(ctx: RunContext, t: TeacherInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    data = ctx.data
+    key, weights = _predictions_key(ctx, t)
+    path = ctx.run_dir / "teacher" / "predictions.pt"
+    saved = safe_load(path) if ctx.resume and path.is_file() else {}
+    if saved.get("key") == key:  # a --jobs worker or a resumed run: the teacher was scored by this very run
+        return saved["test_logits"], saved["val_logits"]
+    # or by an earlier run on the same images (the demo's two scenarios share teacher and test set)
+    got, _ = shared_outputs(
+        ctx,
+        "predictions",
+        [weights, fingerprint(data.test.x), fingerprint(data.val.x)],
+        lambda: {"test": predict(t.model, data.test), "val": predict(t.model, data.val)},
+    )
+    return got["test"], got["val"]
+
+
 def prepare_teacher(ctx: RunContext) -> dict:
     """Get the run's teacher, score it, keep its predictions for the report; its summary row.
 
     Predictions are kept so that reports (soft targets, dark knowledge, calibration) are drawn from files,
     never recomputed from logs: the teacher's on validation and test (each student writes its own).
     """
-    t = main_teacher(ctx)
-    t.model.to(ctx.device)
-    ctx.teacher, ctx.frozen = t, FrozenTeacher(t.model, fast=ctx.fast)
+    t = attach_teacher(ctx)
     data = ctx.data
-    weights = state_fingerprint(t.model)
-    key = f"{weights}:{data.fingerprint}"
+    key, _ = _predictions_key(ctx, t)
     path = ctx.run_dir / "teacher" / "predictions.pt"
-    saved = safe_load(path) if ctx.resume and path.is_file() else {}
-    if saved.get("key") == key:  # a --jobs worker or a resumed run: the teacher was scored by this very run
-        ctx.t_test, ctx.t_val = saved["test_logits"], saved["val_logits"]
-    else:  # or by an earlier run on the same images (the demo's two scenarios share teacher and test set)
-        got, _ = shared_outputs(
-            ctx,
-            "predictions",
-            [weights, fingerprint(data.test.x), fingerprint(data.val.x)],
-            lambda: {"test": predict(t.model, data.test), "val": predict(t.model, data.val)},
-        )
-        ctx.t_test, ctx.t_val = got["test"], got["val"]
     # One test image per class (the first of each) for the soft-target figure of the report.
     firsts = [int((data.test.y == c).nonzero()[0]) for c in range(data.num_classes) if bool((data.test.y == c).any())]
-    if dist.is_main() and saved.get("key") != key:
+    if dist.is_main() and not (path.is_file() and safe_load(path).get("key") == key):
         preds = {
             "key": key,
             "test_logits": ctx.t_test,
