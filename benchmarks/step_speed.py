@@ -37,8 +37,9 @@ STUDENTS = {
 VARIANTS = {"float32": (False, False), "channels_last": (True, False), "bf16": (False, True), "both": (True, True)}
 
 
-def _sgd(m: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+def _sgd(m: torch.nn.Module, **kw: bool) -> torch.optim.Optimizer:
+    """The recipes' SGD (Nesterov, weight decay); ``kw``: the implementation (foreach, fused)."""
+    return torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, **kw)
 
 
 def parts(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict[str, float]:
@@ -127,9 +128,7 @@ def optimizers(base: torch.nn.Module, steps: int, rounds: int) -> dict[str, floa
     g = torch.Generator().manual_seed(1)
     for name, kw in kinds.items():
         models[name] = copy.deepcopy(base)
-        opts[name] = torch.optim.SGD(
-            models[name].parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, **kw
-        )
+        opts[name] = _sgd(models[name], **kw)
         for p in models[name].parameters():
             p.grad = torch.randn(p.shape, generator=g)
     times: dict[str, list[float]] = {k: [] for k in kinds}
@@ -160,7 +159,7 @@ def profile_step(base: torch.nn.Module, steps: int, top: int = 10) -> list[tuple
     from torch.profiler import ProfilerActivity, profile
 
     m = copy.deepcopy(base).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=True)
+    opt = _sgd(m, foreach=True)
     g = torch.Generator().manual_seed(2)
     x, y, t = torch.randn(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g), torch.randn(128, 10)
 
@@ -192,7 +191,7 @@ def fit_overhead(base: torch.nn.Module, n: int, rounds: int) -> tuple[float, flo
     bare, loop = [], []
     for _ in range(rounds):
         m = copy.deepcopy(base).to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=True)
+        opt = _sgd(m, foreach=True)
         steps = n // 128
         t0 = time.perf_counter()
         for b in range(steps):

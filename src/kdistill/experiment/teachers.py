@@ -124,24 +124,15 @@ def attach_teacher(ctx: RunContext) -> TeacherInfo:
     return t
 
 
-def _predictions_key(ctx: RunContext, t: TeacherInfo) -> tuple[str, str]:
-    """The key of ``teacher/predictions.pt`` (this teacher on this run's data) and the teacher's fingerprint."""
-    weights = ctx.once("teacher:fingerprint", lambda: state_fingerprint(t.model))
-    return f"{weights}:{ctx.data.fingerprint}", weights
-
-
 def _teacher_predictions(ctx: RunContext, t: TeacherInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's logits on the test and validation images, computed once per teacher and images by whichever
+    process asks first (the parent of ``--jobs`` workers, an earlier run on the same images: the demo's two
+    scenarios share teacher and test set) and read back by the others and by ``--resume``."""
     data = ctx.data
-    key, weights = _predictions_key(ctx, t)
-    path = ctx.run_dir / "teacher" / "predictions.pt"
-    saved = safe_load(path) if ctx.resume and path.is_file() else {}
-    if saved.get("key") == key:  # a --jobs worker or a resumed run: the teacher was scored by this very run
-        return saved["test_logits"], saved["val_logits"]
-    # or by an earlier run on the same images (the demo's two scenarios share teacher and test set)
     got, _ = shared_outputs(
         ctx,
         "predictions",
-        [weights, fingerprint(data.test.x), fingerprint(data.val.x)],
+        [state_fingerprint(t.model), fingerprint(data.test.x), fingerprint(data.val.x)],
         lambda: {"test": predict(t.model, data.test), "val": predict(t.model, data.val)},
     )
     return got["test"], got["val"]
@@ -155,13 +146,10 @@ def prepare_teacher(ctx: RunContext) -> dict:
     """
     t = attach_teacher(ctx)
     data = ctx.data
-    key, _ = _predictions_key(ctx, t)
-    path = ctx.run_dir / "teacher" / "predictions.pt"
     # One test image per class (the first of each) for the soft-target figure of the report.
     firsts = [int((data.test.y == c).nonzero()[0]) for c in range(data.num_classes) if bool((data.test.y == c).any())]
-    if dist.is_main() and not (path.is_file() and safe_load(path).get("key") == key):
+    if dist.is_main():
         preds = {
-            "key": key,
             "test_logits": ctx.t_test,
             "val_logits": ctx.t_val,
             "test_labels": data.test.y,
@@ -170,7 +158,7 @@ def prepare_teacher(ctx: RunContext) -> dict:
             "sample_rows": torch.tensor(firsts),
             "sample_images": data.test.x[firsts],
         }
-        atomic_save(preds, path)
+        atomic_save(preds, ctx.run_dir / "teacher" / "predictions.pt")
     row = model_row(
         ctx,
         "teacher",
