@@ -104,13 +104,24 @@ class TrainConfig(StrictModel):
         description="channels_last: conv weights stored NHWC, which oneDNN's CPU convolutions run faster (same "
         "arithmetic, other rounding)",
     )
+    batching: Literal["random", "by_length"] = Field(
+        "random",
+        description="by_length: rows of similar length (sentences) in one batch, batches in random order; each "
+        "batch then carries little padding (needs a split with lengths: encoder runs)",
+    )
 
     def key(self) -> dict[str, Any]:
         """The recipe as a dict for keys and fingerprints. Fields added after keys were first written are left
         out at their defaults, so that earlier teachers and checkpoints keep their keys."""
         d = self.model_dump(mode="json")
         d["augment"] = self.augment.key()
-        defaults = (("select", "acc"), ("precision", "float32"), ("memory_format", "contiguous"), ("validations", None))
+        defaults = (
+            ("select", "acc"),
+            ("precision", "float32"),
+            ("memory_format", "contiguous"),
+            ("validations", None),
+            ("batching", "random"),
+        )
         for name, default in defaults:
             if d[name] == default:
                 del d[name]

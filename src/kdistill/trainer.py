@@ -243,7 +243,14 @@ class _Fit:
         self.rank, world = dist.rank(), dist.world()
         drop_last = len(train) > cfg.batch_size
         self.loader = BatchLoader(
-            train, cfg.batch_size, shuffle=True, seed=seed, drop_last=drop_last, rank=self.rank, world=world
+            train,
+            cfg.batch_size,
+            shuffle=True,
+            seed=seed,
+            drop_last=drop_last,
+            rank=self.rank,
+            world=world,
+            by_length=cfg.batching == "by_length",
         )
         if cfg.steps is not None:
             cfg = cfg.model_copy(update={"epochs": max(1, -(-cfg.steps // len(self.loader)))})

@@ -61,3 +61,31 @@ def test_drop_last() -> None:
     assert list(BatchLoader(split, batch_size=11, drop_last=True)) == []
     with pytest.raises(ValueError, match="batch_size"):
         BatchLoader(split, batch_size=0)
+
+
+def test_batches_by_length_are_uniform_shuffled_and_reproducible() -> None:
+    g = torch.Generator().manual_seed(0)
+    n, bs = 1000, 8
+    lengths = torch.randint(3, 60, (n,), generator=g)
+    split = Split(torch.zeros(n, 1), torch.zeros(n, dtype=torch.long), torch.arange(n), lengths)
+    loader = BatchLoader(split, batch_size=bs, shuffle=True, seed=1, by_length=True)
+    batches = [b["index"] for b in loader]
+    assert sorted(torch.cat(batches).tolist()) == list(range(n))  # every row once
+    # within a batch the lengths are close: far below a random batch's spread
+    spread = torch.tensor([float(lengths[b].max() - lengths[b].min()) for b in batches])
+    rand = [float(lengths[b["index"]].max() - lengths[b["index"]].min()) for b in BatchLoader(split, bs, True, 1)]
+    assert spread.mean() < 0.2 * torch.tensor(rand).mean()
+    # the batches come in random order, not sorted by length, and each epoch differs
+    means = [float(lengths[b].float().mean()) for b in batches]
+    assert means != sorted(means) and _epoch(loader, 1) != _epoch(loader, 0)
+    assert _epoch(BatchLoader(split, bs, shuffle=True, seed=1, by_length=True), 1) == _epoch(loader, 1)
+    # drop_last drops fewer than a batch; two ranks together see one process's batches
+    dropped = BatchLoader(split, 48, shuffle=True, seed=1, drop_last=True, by_length=True)
+    assert sum(len(b["index"]) for b in dropped) == 48 * (n // 48)
+    one = [b["index"] for b in BatchLoader(split, 8, shuffle=True, seed=2, by_length=True)]
+    ranks = [[b["index"] for b in BatchLoader(split, 8, True, 2, rank=r, world=2, by_length=True)] for r in (0, 1)]
+    for whole, a, b in zip(one, *ranks, strict=True):
+        assert sorted(whole.tolist()) == sorted(a.tolist() + b.tolist())
+    assert torch.equal(split.take(torch.tensor([5, 2])).lengths, lengths[[5, 2]])
+    with pytest.raises(ValueError, match="need a split with lengths"):
+        BatchLoader(_split(10), 2, shuffle=True, by_length=True)

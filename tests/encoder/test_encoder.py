@@ -111,6 +111,53 @@ def test_read_sentences_splits_by_hash_and_rejects_a_tiny_corpus(corpus: Path, t
     assert len(read_sentences("stdlib").text["test"]) > 1000  # the shipped config's corpus: real docstrings
 
 
+def test_a_transfer_set_adds_training_sentences_only(corpus: Path, tmp_path: Path) -> None:
+    base = read_sentences("files", [str(corpus)], val_fraction=0.1, test_fraction=0.2)
+    held = base.text["test"][0]
+    extra = tmp_path / "extra.txt"
+    new = [f"The quokka number {w} reads a long letter." for w in ("one", "two", "three", "four", "five")]
+    # a held-out sentence again, in other punctuation: it must not reach the training split
+    extra.write_text("\n\n".join([*new, held.rstrip(".") + "!"]) + "\n")
+    got = read_sentences(
+        "files", [str(corpus)], val_fraction=0.1, test_fraction=0.2, transfer={"source": "files", "paths": [str(extra)]}
+    )
+    assert got.text["val"] == base.text["val"] and got.text["test"] == base.text["test"]
+    assert got.text["train"][: len(base.text["train"])] == base.text["train"]
+    assert sorted(got.text["train"][len(base.text["train"]) :]) == sorted(new)
+    assert got.transfer == {"sentences": 5, "files": 1, "filtered": 0, "duplicates": 1}
+    two = read_sentences(
+        "files",
+        [str(corpus)],
+        val_fraction=0.1,
+        test_fraction=0.2,
+        transfer={"source": "files", "paths": [str(extra)], "limit": 2},
+    )
+    assert len(two.text["train"]) == len(base.text["train"]) + 2
+
+
+def test_package_docstrings_leave_tests_and_vendored_copies_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sysconfig
+
+    from kdistill.encoder.sentences import corpus_texts
+
+    for rel, doc in [
+        ("alpha/core.py", "Alpha reads the file."),
+        ("alpha/_vendor/six.py", "Vendored copy here."),
+        ("alpha/tests/test_core.py", "A test module here."),
+        ("beta/b.py", "Beta writes the file."),
+    ]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(f'"""{doc}"""\n')
+    (tmp_path / "alpha-1.0.dist-info").mkdir()
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"purelib": str(tmp_path)})
+    assert corpus_texts("packages", ["alpha"]) == (["Alpha reads the file."], 1)
+    assert sorted(corpus_texts("packages")[0]) == ["Alpha reads the file.", "Beta writes the file."]
+    with pytest.raises(TextError, match=r"no installed package \['gamma'\]"):
+        corpus_texts("packages", ["gamma"])
+
+
 def test_a_student_may_change_the_train_section() -> None:
     cfg = load_encoder_config(CONFIG, ["students=[{name: a, layers: 2, train: {lr: 0.5}}, {name: b, layers: 1}]"])
     assert cfg.train_for(cfg.students[0]).lr == 0.5
@@ -305,12 +352,15 @@ def test_distillation_trains_the_student_towards_the_teacher(tmp_path: Path, tin
 
 
 def test_fixed_seed_reproduces_and_a_killed_run_resumes(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:
-    args = [*_overrides(tmp_path, tiny_dir, corpus, "seeds=[0]", "eval.onnx=false"), "--smoke"]
+    args = [*_overrides(tmp_path, tiny_dir, corpus, "seeds=[0]", "eval.onnx=false", "train.batching=by_length")]
+    args.append("--smoke")
     r = kdistill("run", str(CONFIG), *args, "name=a")
     assert r.returncode == 0, r.stderr
+    assert "sentence embeddings cached" in r.stdout  # the teacher's embeddings: computed by the first run only
     # killed in the middle of L1's kd student (init takes no step, scratch 6), then resumed
     killed = kdistill("run", str(CONFIG), *args, "name=b", env={"KDISTILL_KILL_AFTER_STEPS": "8"})
     assert killed.returncode == -9 and not (tmp_path / "b-smoke" / "summary.json").exists()
+    assert "sentence embeddings cached" not in killed.stdout  # read back from <output_dir>/_teacher_cache
     r = kdistill("run", str(CONFIG), *args, "name=b", "--resume")
     assert r.returncode == 0, r.stderr
     assert "L1-scratch-seed0: finished before the interruption, kept" in r.stdout + r.stderr

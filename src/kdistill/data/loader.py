@@ -54,7 +54,15 @@ class BatchLoader:
     an uninterrupted one. With ``world > 1`` (distributed), rank ``r`` yields its share of each global
     batch of ``batch_size`` rows. ``extra`` tensors (e.g. cached teacher logits, row-aligned with the split)
     are sliced alongside.
+
+    ``by_length`` (a split with ``lengths``: sentences) groups rows of similar length into one batch, so that
+    trimming a batch's padding leaves little: each epoch's shuffled order is cut into chunks of
+    ``LENGTH_CHUNK`` batches, each chunk sorted by length and cut into batches, and the batches shuffled (the
+    length-grouped sampling of fairseq / Hugging Face, with a chunk large enough that the batches are nearly
+    uniform in length and small enough that which sentences meet stays random).
     """
+
+    LENGTH_CHUNK = 50
 
     def __init__(
         self,
@@ -65,6 +73,7 @@ class BatchLoader:
         drop_last: bool = False,
         rank: int = 0,
         world: int = 1,
+        by_length: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -80,6 +89,9 @@ class BatchLoader:
         self.drop_last = drop_last
         self.rank, self.world = rank, world
         self.epoch = 0
+        if by_length and split.lengths is None:
+            raise ValueError("batches by length need a split with lengths (token counts); this one has none")
+        self.by_length = by_length
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -95,7 +107,20 @@ class BatchLoader:
         # SeedSequence mixes (seed, epoch) so that no two pairs share an order (seed*K + epoch would).
         mixed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0] >> 1)
         g = torch.Generator().manual_seed(mixed)
-        return torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=g)
+        if not self.by_length:
+            return perm
+        assert self.split.lengths is not None
+        chunk = self.batch_size * self.LENGTH_CHUNK
+        parts = []
+        for i in range(0, n, chunk):
+            rows = perm[i : i + chunk]
+            parts.append(rows[torch.argsort(self.split.lengths[rows], stable=True)])
+        grouped = torch.cat(parts)
+        full = n // self.batch_size
+        batches = grouped[: full * self.batch_size].view(full, self.batch_size)
+        # Whole batches are shuffled, the rows left over (fewer than a batch) stay last: dropped or a short batch.
+        return torch.cat([batches[torch.randperm(full, generator=g)].reshape(-1), grouped[full * self.batch_size :]])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self.order()

@@ -62,21 +62,23 @@ DEFAULT_BUDGET_MB = 2048.0
 @dataclass
 class Split:
     """One split: inputs ``x`` (a tensor, or :class:`~kdistill.data.store.LazyInputs` read a batch at a time),
-    labels ``y`` (``-1`` = unlabelled) and sample ``index``, all row-aligned."""
+    labels ``y`` (``-1`` = unlabelled) and sample ``index``, all row-aligned; ``lengths``, where rows differ in
+    cost (sentences: tokens before padding), lets the loader batch rows of similar length together."""
 
     x: Inputs
     y: torch.Tensor
     index: torch.Tensor
+    lengths: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def take(self, rows: torch.Tensor) -> Split:
         x = self.x.take(rows) if isinstance(self.x, LazyInputs) else self.x[rows]
-        return Split(x, self.y[rows], self.index[rows])
+        return Split(x, self.y[rows], self.index[rows], None if self.lengths is None else self.lengths[rows])
 
     def unlabelled(self) -> Split:
-        return Split(self.x, torch.full_like(self.y, UNLABELLED), self.index)
+        return Split(self.x, torch.full_like(self.y, UNLABELLED), self.index, self.lengths)
 
 
 @dataclass

@@ -11,14 +11,32 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from kdistill.config import PlainRunConfig, StrictModel, TrainConfig, step_train, validate_file
 from kdistill.encoder.models import PACKAGE_PATH
 
+_SOURCE = (
+    "stdlib: docstrings of the Python standard library; packages: docstrings of the installed packages (paths: "
+    "their names, empty for all); files: text files or directories in paths"
+)
 
-class SentenceConfig(StrictModel):
-    source: Literal["stdlib", "files"] = Field(
-        "stdlib", description="stdlib: docstrings of the Python standard library; files: sentences.paths"
-    )
-    paths: list[str] = Field(default_factory=list, description="files or directories (source: files)")
+
+class TransferSource(StrictModel):
+    """More sentences for training only (a transfer set: the teacher labels any text)."""
+
+    source: Literal["stdlib", "files", "packages"] = Field(description=_SOURCE)
+    paths: list[str] = Field(default_factory=list, description="files or directories; package names (packages)")
     pattern: str = "*"
     separator: str | None = Field(None, description="a regular expression between documents inside a file")
+    limit: int | None = Field(None, ge=1, description="sentences kept, in hash order (null: all)")
+
+
+class SentenceConfig(StrictModel):
+    source: Literal["stdlib", "files", "packages"] = Field("stdlib", description=_SOURCE)
+    paths: list[str] = Field(default_factory=list, description="files or directories; package names (packages)")
+    pattern: str = "*"
+    separator: str | None = Field(None, description="a regular expression between documents inside a file")
+    transfer: TransferSource | None = Field(
+        None,
+        description="more sentences for the training split only (validation and test stay this corpus'); a "
+        "sentence equal to one of this corpus up to case and punctuation is left out",
+    )
     min_words: int = Field(4, ge=1)
     max_words: int | None = Field(64, ge=1, description="longer sentences are dropped (null keeps them)")
     val_fraction: float = Field(0.05, gt=0, lt=0.5)

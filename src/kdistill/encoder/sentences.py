@@ -2,11 +2,12 @@
 
 ``source: stdlib`` takes the docstrings of the Python standard library (``ast``, never imported or run): prose
 that nobody here wrote, present wherever Python is, the same corpus as the language-model runs read as code.
-``source: files`` takes text files (e.g. Debian's ``fortunes``), documents cut by ``separator``. Either way the
+``source: packages`` takes the docstrings of the installed packages (``paths``: their names; all of them by
+default), ``source: files`` text files (e.g. Debian's ``fortunes``), documents cut by ``separator``. Either way the
 text is cut into sentences (end punctuation followed by a capital), cleaned (whitespace collapsed; doctest
 lines, reST directives and code-like lines dropped), kept when it has ``min_words..max_words`` words and
 de-duplicated, then dealt to train / validation / test by a hash of the sentence, so a sentence lands in the
-same split whatever else the corpus holds.
+same split whatever else the corpus holds. A ``transfer`` source adds sentences to the training split only.
 
 :func:`tokenize` pads every sentence to one length (the longest after truncation) with the tokenizer's own
 ``[CLS] ... [SEP]``; a sentence longer than ``max_length`` tokens is cut there and counted, never an error.
@@ -18,6 +19,7 @@ import ast
 import hashlib
 import re
 import sysconfig
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ class Sentences:
     text: dict[str, list[str]]
     sources: int
     dropped: dict[str, int] = field(default_factory=dict)
+    transfer: dict[str, int] = field(default_factory=dict)  # training-only sentences: added, files, dropped
 
 
 @dataclass
@@ -51,23 +54,39 @@ class TokenizedSplit:
     lengths: torch.Tensor  # tokens per sentence after truncation, [CLS] and [SEP] included
 
 
+def python_sources(root: Path, skip: set[str]) -> list[Path]:
+    """The ``.py`` files under ``root`` whose path has none of the directory names in ``skip``, sorted."""
+    files = []
+    for p in sorted(root.rglob("*.py")):
+        if not set(p.relative_to(root).parts[:-1]) & skip:
+            files.append(p)
+    return files
+
+
 def stdlib_sources() -> list[Path]:
     """Every ``.py`` file of the standard library (tests and site-packages left out), sorted."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = []
-    for p in sorted(root.rglob("*.py")):
-        parts = set(p.relative_to(root).parts)
-        if parts & {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}:
-            continue
-        files.append(p)
-    return files
+    return python_sources(root, {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
+
+
+def package_sources(names: list[str]) -> list[Path]:
+    """The ``.py`` files of the installed packages (this interpreter's site-packages; ``names``: only these
+    top-level packages), without tests and vendored copies of other projects (``_vendor``: pip's and setuptools'
+    copies of libraries, some of them of the standard library the evaluation sentences come from)."""
+    root = Path(sysconfig.get_paths()["purelib"])
+    skip = {"test", "tests", "testing", "_vendor", "vendored", "_distutils", "__pycache__"}
+    missing = [n for n in names if not (root / n).is_dir()]
+    if missing:
+        raise TextError(f"no installed package {missing} in {root}; give top-level package names (e.g. numpy)")
+    tops = [root / n for n in names] if names else sorted(p for p in root.iterdir() if p.is_dir())
+    return [f for t in tops if not t.name.endswith((".dist-info", ".egg-info")) for f in python_sources(t, skip)]
 
 
 def docstrings(path: Path) -> list[str]:
     """The docstrings of a Python file (module, classes, functions), by parsing it; unparsable files give none."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError):
         return []
     nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
     out = []
@@ -103,6 +122,59 @@ def _bucket(sentence: str, val_fraction: float, test_fraction: float) -> str:
     return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
 
 
+def _hash_order(sentences: list[str]) -> list[str]:
+    """A stable order independent of file order: by hash (so a ``limit`` keeps a subset of a larger limit)."""
+    return sorted(sentences, key=lambda x: hashlib.sha256(x.encode()).digest())
+
+
+def _normal(sentence: str) -> str:
+    """The sentence's words, lower case, without punctuation: two copies that differ in case, spacing or
+    punctuation are one sentence."""
+    return " ".join(re.findall(r"[a-z0-9]+", sentence.lower()))
+
+
+def corpus_texts(
+    source: str, paths: list[str] | None = None, pattern: str = "*", separator: str | None = None
+) -> tuple[list[str], int]:
+    """The documents of a source (docstrings, or files cut at ``separator``) and how many files they came from."""
+    if source in ("stdlib", "packages"):
+        files = stdlib_sources() if source == "stdlib" else package_sources(paths or [])
+        return [d for f in files for d in docstrings(f)], len(files)
+    if source == "files":
+        files = corpus_files(paths or [], pattern)
+        texts = []
+        for f in files:
+            try:
+                body = f.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise TextError(f"{f}: not UTF-8 text (byte {e.start}); convert it (iconv -t UTF-8)") from None
+            texts += re.split(separator, body) if separator else [body]
+        return texts, len(files)
+    raise TextError(f"unknown sentence source {source!r}; use stdlib, packages or files")
+
+
+def _clean(
+    texts: list[str],
+    min_words: int,
+    max_words: int | None,
+    seen: set[str],
+    dropped: dict,
+    key: Callable[[str], str] = str,
+) -> list[str]:
+    """The sentences of ``texts`` that :func:`keep` keeps and whose ``key`` is not in ``seen`` (added to it)."""
+    out = []
+    for t in texts:
+        for s in split_sentences(t):
+            if not keep(s, min_words, max_words):
+                dropped["filtered"] += 1
+            elif key(s) in seen:
+                dropped["duplicates"] += 1
+            else:
+                seen.add(key(s))
+                out.append(s)
+    return out
+
+
 def read_sentences(
     source: str,
     paths: list[str] | None = None,
@@ -114,46 +186,43 @@ def read_sentences(
     val_fraction: float = 0.05,
     test_fraction: float = 0.1,
     limit: int | None = None,
+    transfer: dict | None = None,
 ) -> Sentences:
     """Sentences of the corpus dealt to the splits (see the module docstring); ``limit`` caps the training
-    sentences (the first ones in hash order, so a smaller limit keeps a subset of a larger one)."""
-    if source == "stdlib":
-        files = stdlib_sources()
-        texts = [d for f in files for d in docstrings(f)]
-    elif source == "files":
-        files = corpus_files(paths or [], pattern)
-        texts = []
-        for f in files:
-            try:
-                body = f.read_text(encoding="utf-8")
-            except UnicodeDecodeError as e:
-                raise TextError(f"{f}: not UTF-8 text (byte {e.start}); convert it (iconv -t UTF-8)") from None
-            texts += re.split(separator, body) if separator else [body]
-    else:
-        raise TextError(f"unknown sentence source {source!r}; use stdlib or files")
+    sentences (the first ones in hash order, so a smaller limit keeps a subset of a larger one).
+
+    ``transfer`` (``source``, ``paths``, ``pattern``, ``separator``, ``limit``) names more text for training
+    only: its sentences (``limit`` of them, in hash order) join the training split, except those that are,
+    up to case and punctuation, a sentence of this corpus (held out or not), so that validation and test stay
+    the main corpus' own sentences whatever the transfer set holds."""
+    texts, n_files = corpus_texts(source, paths, pattern, separator)
     seen: set[str] = set()
     split: dict[str, list[str]] = {s: [] for s in SPLITS}
     dropped = {"filtered": 0, "duplicates": 0}
-    for t in texts:
-        for s in split_sentences(t):
-            if not keep(s, min_words, max_words):
-                dropped["filtered"] += 1
-            elif s in seen:
-                dropped["duplicates"] += 1
-            else:
-                seen.add(s)
-                split[_bucket(s, val_fraction, test_fraction)].append(s)
-    for s in SPLITS:  # a stable order independent of file order: by hash
-        split[s].sort(key=lambda x: hashlib.sha256(x.encode()).digest())
+    for s in _clean(texts, min_words, max_words, seen, dropped):
+        split[_bucket(s, val_fraction, test_fraction)].append(s)
+    split = {k: _hash_order(v) for k, v in split.items()}
     if limit is not None:
         split["train"] = split["train"][:limit]
     for s in SPLITS:
         if len(split[s]) < 2:
             raise TextError(
-                f"the {s} split has {len(split[s])} sentence(s) (from {len(files)} file(s)); give a larger corpus "
+                f"the {s} split has {len(split[s])} sentence(s) (from {n_files} file(s)); give a larger corpus "
                 "or lower min_words"
             )
-    return Sentences(split, len(files), dropped)
+    out = Sentences(split, n_files, dropped)
+    if transfer is not None:
+        more_texts, more_files = corpus_texts(
+            transfer["source"], transfer.get("paths"), transfer.get("pattern", "*"), transfer.get("separator")
+        )
+        more = {"filtered": 0, "duplicates": 0}
+        normal = {_normal(x) for x in seen}
+        extra = _clean(more_texts, min_words, max_words, normal, more, key=_normal)
+        extra = _hash_order(extra)[: transfer.get("limit")]
+        split["train"] += extra
+        out.sources += more_files
+        out.transfer = {"sentences": len(extra), "files": more_files, **more}
+    return out
 
 
 def tokenize(tokenizer: Any, sentences: list[str], max_length: int) -> TokenizedSplit:
@@ -169,4 +238,5 @@ def tokenize(tokenizer: Any, sentences: list[str], max_length: int) -> Tokenized
         x[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     lengths = torch.tensor([len(ids) for ids in cut])
     n = len(cut)
-    return TokenizedSplit(Split(x, torch.full((n,), -1, dtype=torch.long), torch.arange(n)), truncated, lengths)
+    split = Split(x, torch.full((n,), -1, dtype=torch.long), torch.arange(n), lengths)
+    return TokenizedSplit(split, truncated, lengths)

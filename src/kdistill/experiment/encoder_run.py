@@ -6,11 +6,12 @@ FLOPs and CPU latency of the teacher and the students, timed together -> ONNX ex
 parity check -> summary, report. The run directory::
 
     config.yaml, data.json        the resolved config; sentences per split, truncations, tokenizer
-    _teacher_cache/<key>.pt       the teacher's embeddings of train / validation / test
     <student>-<role>-seed<k>/     metrics.jsonl, last.pt, best.pt, row.json, hf/ (save_pretrained + tokenizer +
                                   sentence-transformers module files)
     export/<student>/student.onnx the first seed's kd student, checked in onnxruntime
     summary.json, summary.md, report.html
+
+The teacher's embeddings of each split live in ``<output_dir>/_teacher_cache/encoder/``, shared between runs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from kdistill.caches import state_fingerprint
+from kdistill.data import Split
 from kdistill.deploy import measure_many
 from kdistill.encoder.config import EncoderExperimentConfig, StudentSpec
 from kdistill.encoder.evaluate import embed, linear_map, mean_cosine, neighbour_agreement
@@ -41,6 +43,7 @@ from kdistill.encoder.models import (
 from kdistill.encoder.objectives import ContrastiveScratch, EncoderDistiller
 from kdistill.encoder.sentences import SPLITS, TokenizedSplit, read_sentences, tokenize
 from kdistill.experiment.context import log, open_run_dir, plain_run_dir
+from kdistill.experiment.teachers import shared_file
 from kdistill.export import check_onnx, export_onnx
 from kdistill.io import atomic_save, atomic_write_text, safe_load
 from kdistill.lock import run_lock
@@ -50,6 +53,7 @@ from kdistill.teacher import FrozenTeacher
 from kdistill.text.tokenizers import TextError
 from kdistill.trainer import fit
 
+MAP_ROWS = 20_000  # training sentences the least-squares map of a row is fitted on
 SMOKE = {"train": 48, "val": 8, "test": 24, "steps": 3, "queries": 8, "k": 3, "repeats": 2}
 
 
@@ -89,15 +93,15 @@ def _run_encoder(cfg: EncoderExperimentConfig, smoke: bool, resume: bool) -> dic
     teacher, tok, tdir = load_encoder(cfg.teacher.path)
     teacher.eval()
     log(f"teacher: {tdir} ({count_params(teacher):,} parameters, {layer_count(teacher)} layers × {teacher.width})")
-    sentences = _sentences(cfg, smoke)
+    sentences, transfer = _sentences(cfg, smoke)
     max_length = min(cfg.sentences.max_length, int(teacher.hf.config.max_position_embeddings))
     tokens = Tokens({s: tokenize(tok, sentences[s], max_length) for s in SPLITS}, tok)
-    data = _describe(cfg, sentences, tokens, tdir, max_length)
+    data = _describe(cfg, sentences, tokens, tdir, max_length, transfer)
     atomic_write_text(run_dir / "data.json", json.dumps(data, indent=1) + "\n")
     log(f"sentences: {data['sentences']}; truncated at {max_length} tokens: {data['truncated']}")
     run = EncoderRun(cfg, smoke, resume, run_dir, sentences, teacher, tokens, {}, max_length)
     _check_students(run)
-    run.cache = _teacher_cache(run, data["fingerprint"])
+    run.cache = _teacher_cache(run)
 
     rows = [_teacher_row(run)]
     students: dict[str, SentenceEncoder] = {}
@@ -113,7 +117,8 @@ def _run_encoder(cfg: EncoderExperimentConfig, smoke: bool, resume: bool) -> dic
     return write_encoder_summary(run_dir, resolved, rows, data, deploy, exports, smoke)
 
 
-def _sentences(cfg: EncoderExperimentConfig, smoke: bool) -> dict[str, list[str]]:
+def _sentences(cfg: EncoderExperimentConfig, smoke: bool) -> tuple[dict[str, list[str]], dict]:
+    """The sentences of each split, and what the transfer source added (empty without one)."""
     s = cfg.sentences
     read = read_sentences(
         s.source,
@@ -125,17 +130,29 @@ def _sentences(cfg: EncoderExperimentConfig, smoke: bool) -> dict[str, list[str]
         val_fraction=s.val_fraction,
         test_fraction=s.test_fraction,
         limit=s.limit,
+        transfer=s.transfer.model_dump() if s.transfer is not None else None,
     )
+    if read.transfer:
+        n, files = read.transfer["sentences"], read.transfer["files"]
+        log(f"transfer set: {n:,} more training sentences from {files:,} file(s)")
     if smoke:
-        return {k: v[: SMOKE[k]] for k, v in read.text.items()}
-    return read.text
+        return {k: v[: SMOKE[k]] for k, v in read.text.items()}, read.transfer
+    return read.text, read.transfer
 
 
 def _describe(
-    cfg: EncoderExperimentConfig, sentences: dict[str, list[str]], tokens: Tokens, tdir: Path, max_length: int
+    cfg: EncoderExperimentConfig,
+    sentences: dict[str, list[str]],
+    tokens: Tokens,
+    tdir: Path,
+    max_length: int,
+    transfer: dict,
 ) -> dict:
+    t = cfg.sentences.transfer
     return {
         "source": cfg.sentences.source,
+        # the training-only source and what it added (sentences, files, filtered, duplicates of this corpus)
+        "transfer": {"source": t.source, "paths": t.paths, **transfer} if t is not None else None,
         "sentences": {s: len(sentences[s]) for s in SPLITS},
         "truncated": {s: tokens[s].truncated for s in SPLITS},
         "max_length": max_length,
@@ -147,20 +164,28 @@ def _describe(
     }
 
 
-def _teacher_cache(run: EncoderRun, fingerprint: str) -> dict[str, torch.Tensor]:
-    """The teacher's embeddings of every split (``fingerprint``: of its token ids), computed once and kept under
-    the run directory."""
-    key = hashlib.sha256(f"{fingerprint}-{state_fingerprint(run.teacher)}".encode()).hexdigest()[:16]
-    path = run.run_dir / "_teacher_cache" / f"{key}.pt"
-    if path.is_file():
-        return safe_load(path)
-    t0 = time.perf_counter()
-    cache = {s: embed(run.teacher, run.tokens[s].split, run.teacher.pad_id) for s in SPLITS}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(cache, path)
-    n = sum(len(v) for v in cache.values())
-    log(f"teacher: {n:,} sentence embeddings cached in {time.perf_counter() - t0:.1f}s")
+def _teacher_cache(run: EncoderRun) -> dict[str, torch.Tensor]:
+    """The teacher's embeddings of every split, computed once per split and teacher and shared by every run under
+    ``output_dir`` (``_teacher_cache/encoder/``): runs of other students over the same sentences read them back,
+    and a run with a larger transfer set recomputes only its training split."""
+    teacher = state_fingerprint(run.teacher)
+    cache = {}
+    for s in SPLITS:
+        t0 = time.perf_counter()
+        x = run.tokens[s].split.x
+
+        def compute(x: torch.Tensor = x) -> dict:
+            return {"embeddings": embed(run.teacher, Split(x, x[:, 0], torch.arange(len(x))), run.teacher.pad_id)}
+
+        got, reused = shared_file(Path(run.cfg.output_dir) / "_teacher_cache", "encoder", [teacher, _bytes(x)], compute)
+        cache[s] = got["embeddings"]
+        if not reused:
+            log(f"teacher: {len(x):,} {s} sentence embeddings cached in {time.perf_counter() - t0:.1f}s")
     return cache
+
+
+def _bytes(x: torch.Tensor) -> bytes:
+    return f"{tuple(x.shape)}".encode() + x.numpy().tobytes()
 
 
 def _fingerprint(tokens: Tokens) -> str:
@@ -322,12 +347,15 @@ def _objective(run: EncoderRun, student: SentenceEncoder, role: str) -> nn.Modul
 
 def _scores(run: EncoderRun, student: SentenceEncoder, tokens: Tokens) -> dict:
     """Cosine with the teacher on the test sentences (in the student's own space when it is the teacher's, and
-    through a least-squares map fitted on the training sentences), and neighbour agreement."""
+    through a least-squares map fitted on the first ``MAP_ROWS`` training sentences: a 384-wide map is settled
+    long before that, and embedding a large transfer set for it would cost more than training), and neighbour
+    agreement."""
     queries, k = (SMOKE["queries"], SMOKE["k"]) if run.smoke else (run.cfg.eval.queries, run.cfg.eval.k)
     test = embed(student, tokens["test"].split, student.pad_id)
     t_test = run.cache["test"]
-    train = embed(student, tokens["train"].split, student.pad_id)
-    mapped = nn.functional.normalize(linear_map(train, run.cache["train"])(test).detach(), dim=-1)
+    rows = torch.arange(min(MAP_ROWS, len(tokens["train"].split)))
+    train = embed(student, tokens["train"].split.take(rows), student.pad_id)
+    mapped = nn.functional.normalize(linear_map(train, run.cache["train"][rows])(test).detach(), dim=-1)
     return {
         "cos": mean_cosine(test, t_test) if test.shape == t_test.shape else None,
         "cos_map": mean_cosine(mapped, t_test),

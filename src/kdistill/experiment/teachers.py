@@ -254,14 +254,19 @@ def shared_outputs(
     """``compute()``'s result, saved once as ``<outputs_dir>/<kind>/<key>.pt`` (``key``: a hash of ``parts``, which
     name the teacher's weights and the inputs' bytes) and read back by every later process: ``--jobs`` workers, a
     ``--resume``, or another run with the same teacher and images (the demo's two scenarios score the same
-    teacher on the same test set and run it over the same 55,000 images). Outputs are float32 and exact, so a
-    read-back equals a recomputation. A lock on ``<kind>/`` lets one process compute while the others wait (one
-    lock per kind: a worker reading predictions never waits for another process's transfer-set logits); whether
-    the result was read back is the second value."""
+    teacher on the same test set and run it over the same 55,000 images). See :func:`shared_file`."""
+    return shared_file(outputs_dir(ctx.cfg), kind, parts, compute)
+
+
+def shared_file(root: Path, kind: str, parts: Sequence[str | bytes], compute: Callable[[], dict]) -> tuple[dict, bool]:
+    """``compute()``'s result kept as ``<root>/<kind>/<key>.pt``, ``key`` a hash of ``parts``. Outputs are float32
+    and exact, so a read-back equals a recomputation. A lock on ``<kind>/`` lets one process compute while the
+    others wait (one lock per kind: a worker reading predictions never waits for another process's transfer-set
+    logits); whether the result was read back is the second value."""
     h = hashlib.sha256(f"{kind}:{CACHE_FORMAT}".encode())
     for part in parts:
         h.update(part if isinstance(part, bytes) else part.encode())
-    directory = outputs_dir(ctx.cfg) / kind
+    directory = root / kind
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{h.hexdigest()[:24]}.pt"
     with dir_lock(directory):

@@ -114,8 +114,10 @@ def _steps(rows: list[dict]) -> str:
 def encoder_markdown(summary: dict) -> str:
     cfg, d = summary["config"], summary["data"]
     lines = md_heading(summary, "sentences")
+    t = d.get("transfer")
+    more = f", of them {t['sentences']:,} from the transfer source ({t['source']}, training only)" if t else ""
     lines += [
-        f"Teacher `{d['teacher_dir']}`. Sentences ({d['source']}): train {d['sentences']['train']:,}, validation "
+        f"Teacher `{d['teacher_dir']}`. Sentences ({d['source']}): train {d['sentences']['train']:,}{more}, validation "
         f"{d['sentences']['val']:,}, test {d['sentences']['test']:,}; median {d['median_tokens']['test']:.0f} tokens; "
         f"truncated at {d['max_length']} tokens: {d['truncated']}. Students: {_steps(summary['rows'])} steps of "
         f"{cfg['train']['batch_size']} sentences, seeds {cfg['seeds']}; neighbour agreement: top-{cfg['eval']['k']} "
