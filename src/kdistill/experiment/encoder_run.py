@@ -168,24 +168,23 @@ def _teacher_cache(run: EncoderRun) -> dict[str, torch.Tensor]:
     """The teacher's embeddings of every split, computed once per split and teacher and shared by every run under
     ``output_dir`` (``_teacher_cache/encoder/``): runs of other students over the same sentences read them back,
     and a run with a larger transfer set recomputes only its training split."""
-    teacher = state_fingerprint(run.teacher)
+    # the weights, and what turns token states into the embedding (pooling is fixed; normalisation is not)
+    teacher = f"{state_fingerprint(run.teacher)}-normalize={run.teacher.normalize}"
+    root = Path(run.cfg.output_dir) / "_teacher_cache"
     cache = {}
     for s in SPLITS:
         t0 = time.perf_counter()
-        x = run.tokens[s].split.x
+        split = run.tokens[s].split
 
-        def compute(x: torch.Tensor = x) -> dict:
-            return {"embeddings": embed(run.teacher, Split(x, x[:, 0], torch.arange(len(x))), run.teacher.pad_id)}
+        def compute(split: Split = split) -> dict:
+            return {"embeddings": embed(run.teacher, split, run.teacher.pad_id)}
 
-        got, reused = shared_file(Path(run.cfg.output_dir) / "_teacher_cache", "encoder", [teacher, _bytes(x)], compute)
+        ids = f"{tuple(split.x.shape)}".encode() + split.x.numpy().tobytes()
+        got, reused = shared_file(root, "encoder", [teacher, ids], compute)
         cache[s] = got["embeddings"]
         if not reused:
-            log(f"teacher: {len(x):,} {s} sentence embeddings cached in {time.perf_counter() - t0:.1f}s")
+            log(f"teacher: {len(split):,} {s} sentence embeddings cached in {time.perf_counter() - t0:.1f}s")
     return cache
-
-
-def _bytes(x: torch.Tensor) -> bytes:
-    return f"{tuple(x.shape)}".encode() + x.numpy().tobytes()
 
 
 def _fingerprint(tokens: Tokens) -> str:
