@@ -17,21 +17,23 @@ _SOURCE = (
 )
 
 
-class TransferSource(StrictModel):
-    """More sentences for training only (a transfer set: the teacher labels any text)."""
+class TextSource(StrictModel):
+    """Where sentences come from (the corpus, or a transfer set)."""
 
-    source: Literal["stdlib", "files", "packages"] = Field(description=_SOURCE)
-    paths: list[str] = Field(default_factory=list, description="files or directories; package names (packages)")
-    pattern: str = "*"
-    separator: str | None = Field(None, description="a regular expression between documents inside a file")
-    limit: int | None = Field(None, ge=1, description="sentences kept, in hash order (null: all)")
-
-
-class SentenceConfig(StrictModel):
     source: Literal["stdlib", "files", "packages"] = Field("stdlib", description=_SOURCE)
     paths: list[str] = Field(default_factory=list, description="files or directories; package names (packages)")
     pattern: str = "*"
     separator: str | None = Field(None, description="a regular expression between documents inside a file")
+
+
+class TransferSource(TextSource):
+    """More sentences for training only (a transfer set: the teacher labels any text)."""
+
+    source: Literal["stdlib", "files", "packages"] = Field(description=_SOURCE)  # named, not defaulted
+    limit: int | None = Field(None, ge=1, description="sentences kept, in hash order (null: all)")
+
+
+class SentenceConfig(TextSource):
     transfer: TransferSource | None = Field(
         None,
         description="more sentences for the training split only (validation and test stay this corpus'); a "
