@@ -32,7 +32,9 @@ test: setup data
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5)"; rc=0; fi; \
 	$(MAKE) --no-print-directory lint-only || rc=$$((rc ? rc : 1)); exit $$rc
 
-lint: setup lint-only
+lint: setup
+	@scripts/setup.sh tests
+	@$(MAKE) --no-print-directory lint-only
 
 lint-only:
 	.venv/bin/ruff check src tests benchmarks examples

@@ -38,7 +38,7 @@ from torch import nn
 from kdistill.augment import Augmenter, apply_params, draw_params
 from kdistill.config import AugmentConfig
 from kdistill.data import Batch, RowIndex, Split, fingerprint
-from kdistill.data.loader import RowBuffer, rows_of
+from kdistill.data.loader import INFERENCE_BATCH, RowBuffer, rows_of
 from kdistill.data.store import Inputs
 from kdistill.io import replace_dir
 from kdistill.taps import Tapped
@@ -126,9 +126,8 @@ class LogitCache:
 
     def __call__(self, batch: Batch) -> TeacherOutputs:
         device = batch["x"].device
-        index = batch["index"].cpu()
-        logits = self.lookup(index).to(device)
-        return logits, {k: v.to(device) for k, v in self.features(index, self.layers).items()}
+        rows = self._rows(batch["index"])  # once per step: logits and layers share the rows
+        return self.logits[rows].to(device), {k: self.feats[k][rows].to(device) for k in self.layers}
 
 
 # ----------------------------------------------------------------------------- keys and files
@@ -265,7 +264,7 @@ class ViewCache:
         topk: int | None = None,
         T: float = 1.0,
         device: torch.device | str = "cpu",
-        batch_size: int = 256,
+        batch_size: int | None = None,
     ) -> ViewCache:
         """Draw ``views`` augmentations per sample, run the teacher on each, store the logits.
 
@@ -284,6 +283,8 @@ class ViewCache:
         table = draw_params(n_index * views, aug, torch.Generator().manual_seed(seed)).view(n_index, views, 3)
         params = table[split.index]
         logits = RowBuffer(len(split))
+        # Each sample is shown as ``views`` images: ``batch_size`` samples (default: INFERENCE_BATCH images in all).
+        batch_size = batch_size or max(1, INFERENCE_BATCH // views)
         try:
             for i in range(0, len(split), batch_size):
                 x, p = split.x[i : i + batch_size].to(device), params[i : i + batch_size]

@@ -16,6 +16,12 @@ from kdistill.data.splits import Split
 
 Batch = dict[str, torch.Tensor]
 
+# Rows per inference batch (evaluation, teacher caches). On one CPU thread the shipped CNN teacher ran 1.9x faster
+# per image in batches of 128 than of 1,000, with bit-identical outputs (a row's result does not depend on its
+# batch): a 1,000-row batch's activations (~100 MB) miss the caches and, above glibc's 32 MB mmap threshold, are
+# mapped and page-faulted afresh for every batch.
+INFERENCE_BATCH = 128
+
 
 class RowIndex:
     """Maps sample indices (``batch["index"]``) to rows of a per-sample table, such as a teacher cache.
@@ -38,7 +44,8 @@ class RowIndex:
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         index = index.cpu()  # the table lives in host memory; the batch may be on a GPU
         n = len(self.table)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+        lo, hi = (int(v) for v in torch.aminmax(index)) if index.numel() else (0, -1)
+        if lo < 0 or hi >= n:
             bad = index[(index < 0) | (index >= n)][:5].tolist()
             raise KeyError(f"sample indices {bad} are outside the {self.what} (indices 0..{n - 1})")
         rows = self.table[index]
@@ -129,7 +136,15 @@ class BatchLoader:
             # Distributed: every rank walks the same global order and takes every world-th row of each
             # global batch, so N processes together see exactly the batches of one process.
             rows = rows[self.rank :: self.world]
-            yield {"x": self.split.x[rows], "y": self.split.y[rows], "index": self.split.index[rows]}
+            yield {"x": _gather(self.split.x, rows), "y": self.split.y[rows], "index": self.split.index[rows]}
+
+
+def _gather(x: object, rows: torch.Tensor) -> torch.Tensor:
+    """``x[rows]``: for an in-memory tensor by ``index_select``, which gathered a batch of 128 Fashion-MNIST images
+    in 85 us against 160 us for advanced indexing (one CPU thread), with the same result."""
+    if isinstance(x, torch.Tensor):
+        return x.index_select(0, rows)
+    return x[rows]  # LazyInputs: read from disk a batch at a time
 
 
 class RowBuffer:

@@ -18,6 +18,7 @@ from kdistill.augment import is_augmented, is_mixing
 from kdistill.caches import CACHE_FORMAT, CacheError, LogitCache, ViewCache, cache_key, state_fingerprint
 from kdistill.config import ExperimentConfig, ModelSpec, TeacherConfig, TrainConfig
 from kdistill.data import BatchLoader
+from kdistill.data.loader import INFERENCE_BATCH
 from kdistill.data.store import fingerprint
 from kdistill.distiller import Distiller, Objective, Supervised
 from kdistill.experiment.context import RunContext, TeacherInfo, log
@@ -231,10 +232,10 @@ def _logit_cache(ctx: RunContext, teacher: FrozenTeacher, layers: Sequence[str])
     layers (possibly large feature maps) are computed per process and never written."""
     ts = ctx.data.transfer_set
     if layers:
-        return LogitCache.build(teacher, BatchLoader(ts, 500), layers), "cached"
+        return LogitCache.build(teacher, BatchLoader(ts, INFERENCE_BATCH), layers), "cached"
 
     def build() -> dict:
-        cache = LogitCache.build(teacher, BatchLoader(ts, 500))
+        cache = LogitCache.build(teacher, BatchLoader(ts, INFERENCE_BATCH))
         return {"logits": cache.logits, "index": cache.index}
 
     parts = [state_fingerprint(teacher.model), fingerprint(ts.x), ts.index.contiguous().numpy().tobytes()]

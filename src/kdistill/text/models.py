@@ -22,7 +22,7 @@ from torch import nn
 
 from kdistill.text.tokenizers import TextError
 
-EXTRA = "transformers is not installed: install the text extra, pip install -e '.[text]' (scripts/setup.sh does)"
+EXTRA = "transformers is not installed: install the text extra, scripts/setup.sh text (or pip install -e '.[text]')"
 
 
 def require_transformers() -> Any:
