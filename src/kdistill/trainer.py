@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover - tqdm is a declared dependency
 
 # ----------------------------------------------------------------------------- evaluation
 
+
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
     """Logits (float32, on the CPU) of ``model`` in eval mode on every row of ``split``, in order."""
