@@ -62,7 +62,7 @@ def parts(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) 
 
 def loop_costs(model: torch.nn.Module, steps: int) -> dict[str, float]:
     """Microseconds per step of what fit does around the arithmetic: gathering a shuffled batch of 128 from
-    55,000 images, ``loss.item()``, the accuracy count, the scheduler step and zero_grad."""
+    55,000 images (``index_select``), ``loss.item()``, the accuracy count, the scheduler step and zero_grad."""
     x_all = torch.randn(55_000, 1, 28, 28)
     y_all = torch.randint(0, 10, (55_000,))
     opt = _sgd(model)
@@ -82,7 +82,7 @@ def loop_costs(model: torch.nn.Module, steps: int) -> dict[str, float]:
     for _ in range(steps):
         rows = torch.randint(0, 55_000, (128,), generator=g)
         t = [time.perf_counter()]
-        _xb, yb = x_all[rows], y_all[rows]
+        _xb, yb = x_all.index_select(0, rows), y_all.index_select(0, rows)  # as kdistill's BatchLoader
         t.append(time.perf_counter())
         loss.item()
         t.append(time.perf_counter())
@@ -122,7 +122,7 @@ def variants(base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
 
 def optimizers(base: torch.nn.Module, steps: int, rounds: int) -> dict[str, float]:
     """Median µs of one SGD step (the recipes' Nesterov momentum and weight decay) per implementation: PyTorch's
-    CPU default (a loop over parameters), foreach (multi-tensor, what kdistill asks for) and fused."""
+    CPU default (a loop over parameters), foreach (multi-tensor) and fused (what kdistill asks for)."""
     kinds = {"per-parameter loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
     opts, models = {}, {}
     g = torch.Generator().manual_seed(1)
@@ -154,12 +154,12 @@ def kd_step(m: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
 
 def profile_step(base: torch.nn.Module, steps: int, top: int = 10) -> list[tuple[str, float, int]]:
     """torch.profiler over ``steps`` whole steps of the demo's set-up (bf16 autocast, channels_last, KD loss at
-    T = 2 with cached teacher logits, foreach SGD): the ``top`` operators by self CPU time, as (name, µs per
+    T = 2 with cached teacher logits, fused SGD): the ``top`` operators by self CPU time, as (name, µs per
     step, calls per step)."""
     from torch.profiler import ProfilerActivity, profile
 
     m = copy.deepcopy(base).to(memory_format=torch.channels_last)
-    opt = _sgd(m, foreach=True)
+    opt = _sgd(m, fused=True)
     g = torch.Generator().manual_seed(2)
     x, y, t = torch.randn(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g), torch.randn(128, 10)
 
@@ -191,7 +191,7 @@ def fit_overhead(base: torch.nn.Module, n: int, rounds: int) -> tuple[float, flo
     bare, loop = [], []
     for _ in range(rounds):
         m = copy.deepcopy(base).to(memory_format=torch.channels_last)
-        opt = _sgd(m, foreach=True)
+        opt = _sgd(m, fused=True)
         steps = n // 128
         t0 = time.perf_counter()
         for b in range(steps):
@@ -257,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     lines += [
         "",
-        "One SGD step (Nesterov, weight decay) per implementation, median µs (bit-identical results: foreach and the "
-        "loop always, tests/test_trainer.py; fused not for the MLP):",
+        "One SGD step (Nesterov, weight decay) per implementation, median µs (foreach updates bit for bit as the loop; "
+        "fused within float rounding of it, tests/test_trainer.py):",
         "",
-        "| student | per-parameter loop (PyTorch's CPU default) | foreach (kdistill) | fused |",
+        "| student | per-parameter loop (PyTorch's CPU default) | foreach | fused (kdistill) |",
         "|---|---:|---:|---:|",
     ]
     for name, (arch, kwargs) in STUDENTS.items():
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "",
         "torch.profiler, one KD step of the compression CNN as the demo trains it (bf16, channels_last, cached "
-        f"teacher logits, foreach SGD): the {len(prof)} operators with the most self CPU time ({total / 1e3:.2f} ms "
+        f"teacher logits, fused SGD): the {len(prof)} operators with the most self CPU time ({total / 1e3:.2f} ms "
         "per step together):",
         "",
         "| operator | µs per step | calls per step |",

@@ -27,10 +27,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/pip install -q --no-compile "torch==${KDISTILL_TORCH_VERSION:-2.13.0}" ||
       .venv/bin/pip install -q --no-compile "torch>=2.2"
   fi
-  .venv/bin/pip install -q --no-compile -e ".[onnx]"
   # Compile what a run imports, once, by importing it with bytecode writing on (Python would do the same at the
   # first run unless PYTHONDONTWRITEBYTECODE is set, as on some CI machines: then every process would compile
-  # torch again, ~6 s each).
+  # torch again, ~6 s each). PyTorch's part (~9 s) needs only torch: it runs on the second core while pip, which
+  # uses one, installs the rest; best effort (pip may replace a file it reads), the full pass below redoes what
+  # it missed.
+  env -u PYTHONDONTWRITEBYTECODE .venv/bin/python scripts/precompile.py --torch >/dev/null 2>&1 &
+  warm=$!
+  .venv/bin/pip install -q --no-compile -e ".[onnx]"
+  wait "$warm" || true
   env -u PYTHONDONTWRITEBYTECODE .venv/bin/python scripts/precompile.py
   rm -f .venv/.kdistill-setup-*  # the extras were installed against the previous dependency list
   echo "$want" > "$stamp"

@@ -117,6 +117,6 @@ def test_step_speed_smoke_writes_ratios_for_both_students(tmp_path: Path) -> Non
     assert mod.main(["--smoke", "--out", str(tmp_path / "s.md")]) == 0
     md = (tmp_path / "s.md").read_text()
     assert "| compression CNN |" in md and "| few-labels MLP |" in md and md.count("×") >= 6
-    assert "| foreach (kdistill) |" in md and md.count("| compression CNN |") == 2
+    assert "| fused (kdistill) |" in md and md.count("| compression CNN |") == 2
     assert "`aten::convolution_backward`" in md  # the profiler saw the step's heaviest operator
     assert "inside kdistill's `fit`" in md
