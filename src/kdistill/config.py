@@ -81,7 +81,9 @@ class TrainConfig(StrictModel):
     warmup_epochs: float = Field(0.0, ge=0)
     step_size: int = Field(10, ge=1, description="epochs between x0.1 decays for schedule=step")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    eval_batch_size: int = Field(128, ge=1, description="rows per evaluation batch (see trainer.INFERENCE_BATCH)")
+    eval_batch_size: int = Field(
+        128, ge=1, description="rows per evaluation batch (see kdistill.data.loader.INFERENCE_BATCH)"
+    )
     validations: int | None = Field(
         None,
         ge=1,
