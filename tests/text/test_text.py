@@ -207,7 +207,9 @@ def test_missing_transformers_is_one_sentence_naming_the_extra(monkeypatch: pyte
     from kdistill.text.models import build_hf
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # import fails as if not installed
-    with pytest.raises(TextError, match=r"install the text extra, pip install -e '\.\[text\]'"):
+    with pytest.raises(
+        TextError, match=r"install the text extra, scripts/setup.sh text \(or pip install -e '\.\[text\]'\)"
+    ):
         build_hf({"model_type": "gpt2"})
 
 
