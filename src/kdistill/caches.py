@@ -112,10 +112,6 @@ class LogitCache:
         """The cached logits of these sample indices."""
         return self.logits[self._rows(index)]
 
-    def features(self, index: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
-        rows = self._rows(index)
-        return {n: self.feats[n][rows] for n in names}
-
     def student_batch(self, batch: Batch, epoch: int, seed: int, augment: Augmenter) -> Batch:
         if augment.active:
             raise ValueError(

@@ -167,10 +167,10 @@ def _clean(
         for s in split_sentences(t):
             if not keep(s, min_words, max_words):
                 dropped["filtered"] += 1
-            elif key(s) in seen:
+            elif (k := key(s)) in seen:
                 dropped["duplicates"] += 1
             else:
-                seen.add(key(s))
+                seen.add(k)
                 out.append(s)
     return out
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from kdistill.caches import state_fingerprint
 from kdistill.data import Split
+from kdistill.data.store import fingerprint
 from kdistill.deploy import measure_many
 from kdistill.encoder.config import EncoderExperimentConfig, StudentSpec
 from kdistill.encoder.evaluate import embed, linear_map, mean_cosine, neighbour_agreement
@@ -179,8 +180,8 @@ def _teacher_cache(run: EncoderRun) -> dict[str, torch.Tensor]:
         def compute(split: Split = split) -> dict:
             return {"embeddings": embed(run.teacher, split, run.teacher.pad_id)}
 
-        ids = f"{tuple(split.x.shape)}".encode() + split.x.numpy().tobytes()
-        got, reused = shared_file(root, "encoder", [teacher, ids], compute)
+        ids = [f"{tuple(split.x.shape)}", fingerprint(split.x)]  # the token ids, as the image caches key inputs
+        got, reused = shared_file(root, "encoder", [teacher, *ids], compute)
         cache[s] = got["embeddings"]
         if not reused:
             log(f"teacher: {len(split):,} {s} sentence embeddings cached in {time.perf_counter() - t0:.1f}s")
