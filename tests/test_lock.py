@@ -85,3 +85,29 @@ def test_a_lock_on_a_new_directory_leaves_no_empty_directory_behind(tmp_path: Pa
     with run_lock(tmp_path / "kept"):
         (tmp_path / "kept" / "summary.json").write_text("{}")
     assert (tmp_path / "kept" / "summary.json").is_file()
+
+
+def test_a_cached_entry_is_read_while_another_process_computes_a_missing_one(tmp_path: Path) -> None:
+    """The shared teacher caches: a run that needs an entry already on disk never waits for the lock another run
+    holds while computing a different entry (a transfer set's embeddings took minutes)."""
+    import threading
+
+    import torch
+
+    from kdistill.experiment.teachers import shared_file
+    from kdistill.lock import dir_lock
+
+    first, reused = shared_file(tmp_path, "kind", ["a"], lambda: {"x": torch.ones(2)})
+    assert not reused and torch.equal(first["x"], torch.ones(2))
+    got: list[tuple[dict, bool]] = []
+    with dir_lock(tmp_path / "kind"):  # as another process computing entry "b" holds it
+        reader = threading.Thread(target=lambda: got.append(shared_file(tmp_path, "kind", ["a"], dict)))
+        reader.start()
+        reader.join(timeout=30)
+        assert not reader.is_alive() and got[0][1] and torch.equal(got[0][0]["x"], torch.ones(2))
+        missing = threading.Thread(target=lambda: got.append(shared_file(tmp_path, "kind", ["b"], lambda: {"y": 1})))
+        missing.start()
+        missing.join(timeout=1)
+        assert missing.is_alive()  # a missing entry waits for the lock: one process computes it
+    missing.join(timeout=30)
+    assert got[1] == ({"y": 1}, False)

@@ -9,7 +9,7 @@ from torch import nn
 
 from kdistill.cli import main
 from kdistill.models import build_model, count_params
-from kdistill.taps import NO_SHAPE, LayerError, Outputs, Tapped, layer_table, probe_shapes
+from kdistill.taps import NO_SHAPE, LayerError, Outputs, Tapped, freeze, layer_table, probe_shapes
 
 
 def small_cnn() -> nn.Module:
@@ -296,3 +296,17 @@ def test_cli_layers_errors_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("kdistill: error:") and message in err
+
+
+def test_freeze_turns_off_the_named_modules_gradients_only() -> None:
+    model = Nested()
+    n = freeze(model, ["blocks.0", "head.1"])
+    assert n == count_params(model.blocks[0]) + count_params(model.head[1])
+    assert not any(p.requires_grad for p in model.blocks[0].parameters())
+    assert all(p.requires_grad for p in model.blocks[1].parameters()) and model.stem.weight.requires_grad
+    model(torch.randn(2, 1, 6, 6)).sum().backward()
+    assert model.blocks[0].conv1.weight.grad is None and model.blocks[1].conv1.weight.grad is not None
+    fresh = Nested()
+    with pytest.raises(LayerError, match=r"unknown layer 'blocks.9'.*closest: blocks"):
+        freeze(fresh, ["stem", "blocks.9"])
+    assert all(p.requires_grad for p in fresh.parameters())  # nothing changed before the error

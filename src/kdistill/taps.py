@@ -53,6 +53,21 @@ def _unknown_layer(name: str, model: nn.Module, names: Iterable[str]) -> LayerEr
     )
 
 
+def freeze(model: nn.Module, names: Iterable[str]) -> int:
+    """Turn off the gradients of every parameter of the named submodules (dotted names, as for taps); returns
+    how many parameters were frozen. An unknown name is a :class:`LayerError` naming the closest ones, before
+    anything is changed."""
+    modules = _module_names(model)
+    names = list(names)
+    for name in names:
+        if name not in modules:
+            raise _unknown_layer(name, model, modules)
+    frozen = {id(p): p for name in names for p in modules[name].parameters()}  # shared weights counted once
+    for p in frozen.values():
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen.values())
+
+
 def _parse_spec(spec: str, modules: dict[str, nn.Module], model: nn.Module) -> tuple[str, str]:
     """``"name"`` -> (name, "output"); ``"name:input"`` / ``"name:output"`` -> (name, kind)."""
     if not isinstance(spec, str):

@@ -18,8 +18,15 @@ from kdistill.encoder.config import load_encoder_config
 from kdistill.encoder.evaluate import linear_map, mean_cosine, neighbour_agreement
 from kdistill.encoder.models import load_encoder, package_model_dir, save_encoder, shrink
 from kdistill.encoder.objectives import ContrastiveScratch, EncoderDistiller
-from kdistill.encoder.sentences import read_sentences, split_sentences, tokenize
-from kdistill.losses.encoder import info_nce, masked_mse, minilm_relation_loss, self_relation, split_heads
+from kdistill.encoder.sentences import augment_sentences, read_sentences, split_sentences, tokenize
+from kdistill.losses.encoder import (
+    info_nce,
+    masked_mse,
+    minilm_relation_loss,
+    self_relation,
+    similarity_kl,
+    split_heads,
+)
 from kdistill.taps import LayerError
 from kdistill.text.tokenizers import TextError
 from tests.encoder.tiny import make_encoder_dir, write_corpus
@@ -135,6 +142,35 @@ def test_a_transfer_set_adds_training_sentences_only(corpus: Path, tmp_path: Pat
     assert len(two.text["train"]) == len(base.text["train"]) + 2
 
 
+def test_augment_varies_training_sentences_only_and_deterministically(corpus: Path) -> None:
+    xs = ["Return the number of items in the list.", "Open the file and read its contents into memory."]
+    assert augment_sentences(xs, views=5, replace=0.0, drop=0.0) == []  # no change: no variant
+    swapped = augment_sentences(xs, views=3, replace=1.0, drop=0.0, seed=1)
+    pool = {w for x in xs for w in x.split()}
+    assert swapped and all(set(v.split()) <= pool and v not in xs for v in swapped)
+    assert len(set(swapped)) == len(swapped) <= 6
+    dropped = augment_sentences(xs, views=20, replace=0.0, drop=0.5, seed=2)
+    # dropping keeps the survivors in order: each variant is a subsequence of its sentence, two words at least
+    for v in dropped:
+        source = next(x.split() for x in xs if _subsequence(v.split(), x.split()))
+        assert 2 <= len(v.split()) < len(source)
+    assert augment_sentences(xs, views=3, seed=4) == augment_sentences(xs, views=3, seed=4)
+    with pytest.raises(ValueError, match="augment needs views >= 1"):
+        augment_sentences(xs, views=0)
+    base = read_sentences("files", [str(corpus)], val_fraction=0.1, test_fraction=0.2)
+    got = read_sentences("files", [str(corpus)], val_fraction=0.1, test_fraction=0.2, augment={"views": 2})
+    n = len(base.text["train"])
+    assert got.text["val"] == base.text["val"] and got.text["test"] == base.text["test"]
+    assert got.text["train"][:n] == base.text["train"] and got.augmented == len(got.text["train"]) - n > n
+    held = {x.lower() for x in base.text["val"] + base.text["test"]}
+    assert not held & {x.lower() for x in got.text["train"][n:]}
+
+
+def _subsequence(short: list[str], long: list[str]) -> bool:
+    it = iter(long)
+    return all(w in it for w in short)
+
+
 def test_package_docstrings_leave_tests_and_vendored_copies_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,6 +223,33 @@ def test_shrink_copies_layers_and_projects_a_narrower_student(tiny_dir: Path) ->
         shrink(teacher, 1, hidden=16)
 
 
+def test_shrink_keeps_the_strongest_feed_forward_neurons(tiny_dir: Path) -> None:
+    teacher, _, _ = load_encoder(str(tiny_dir))
+    t_sd = teacher.hf.state_dict()
+    inter = t_sd["encoder.layer.2.intermediate.dense.weight"].shape[0]
+    s = shrink(teacher, 2, intermediate=inter // 4, copy_layers=[0, 2])
+    w_in, w_out = t_sd["encoder.layer.2.intermediate.dense.weight"], t_sd["encoder.layer.2.output.dense.weight"]
+    score = w_in.norm(dim=1) * w_out.norm(dim=0)
+    keep = sorted(score.topk(inter // 4).indices.tolist())
+    s_sd = s.hf.state_dict()
+    assert torch.equal(s_sd["encoder.layer.1.intermediate.dense.weight"], w_in[keep])
+    b_in = t_sd["encoder.layer.2.intermediate.dense.bias"]
+    assert torch.equal(s_sd["encoder.layer.1.intermediate.dense.bias"], b_in[keep])
+    assert torch.equal(s_sd["encoder.layer.1.output.dense.weight"], w_out[:, keep])
+    # what has no intermediate dimension is copied whole
+    for k in ("output.dense.bias", "attention.output.dense.weight", "output.LayerNorm.weight"):
+        assert torch.equal(s_sd[f"encoder.layer.1.{k}"], t_sd[f"encoder.layer.2.{k}"])
+    # the feed-forward block keeps the neurons it sums: the kept neurons' sum, exactly
+    x = torch.randn(3, t_sd["encoder.layer.2.output.dense.bias"].shape[0])
+    t_layer, s_layer = teacher.hf.encoder.layer[2], s.hf.encoder.layer[1]
+    with torch.no_grad():
+        h = t_layer.intermediate(x)
+        kept = h[:, keep] @ w_out[:, keep].T + t_layer.output.dense.bias
+        assert torch.allclose(s_layer.output.dense(s_layer.intermediate(x)), kept, atol=1e-6)
+    with pytest.raises(TextError, match="larger than the teacher's"):
+        shrink(teacher, 1, intermediate=inter * 2)
+
+
 def test_teacher_stays_frozen_and_relations_leave_padding_out(tiny_dir: Path) -> None:
     teacher, tok, _ = load_encoder(str(tiny_dir))
     teacher.eval()
@@ -223,6 +286,29 @@ def test_teacher_stays_frozen_and_relations_leave_padding_out(tiny_dir: Path) ->
         manual = self_relation(q[..., 16:].unsqueeze(1), q[..., 16:].unsqueeze(1), mask)
         assert torch.allclose(self_relation(split_heads(q, 2), split_heads(q, 2), mask)[:, 1:2], manual)
     assert float(minilm_relation_loss((split_heads(q, 2),) * 3, (split_heads(q, 2),) * 3, mask)) == pytest.approx(0.0)
+
+
+def test_similarity_term_leaves_each_sentence_out_of_its_own_softmax(tiny_dir: Path) -> None:
+    teacher, tok, _ = load_encoder(str(tiny_dir))
+    teacher.eval()
+    torch.manual_seed(0)
+    student = shrink(teacher, 1, init="random").eval()
+    texts = ["The model returns value.", "A thread reads the file.", "Open the socket first.", "Close it after use."]
+    ids = _ids(tok, texts)
+    with torch.no_grad():
+        cache = teacher(ids)
+    rows = torch.tensor([2, 0, 3])  # a bank of three training sentences, in another order
+    obj = EncoderDistiller(student, teacher, cache=cache, cosine=0.0, similarity=1.0, bank=cache[rows], bank_rows=rows)
+    batch = {"x": ids[:2], "y": torch.full((2,), -1), "index": torch.tensor([0, 1])}
+    got = obj(batch)
+    assert set(got.parts) == {"similarity"}
+    with torch.no_grad():
+        s = student(ids[:2])
+    # sentence 0 sits in the bank (row 1) and is left out of its own softmax; sentence 1 is not in the bank
+    expected = (similarity_kl(s[:1], cache[:1], cache[[2, 3]]) + similarity_kl(s[1:], cache[1:2], cache[rows])) / 2
+    assert float(got.loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="similarity > 0 needs a bank"):
+        EncoderDistiller(student, teacher, similarity=1.0)
 
 
 def test_unknown_layer_names_the_closest(tiny_dir: Path) -> None:
@@ -320,10 +406,13 @@ def test_shipped_config_smoke_run_on_a_tiny_teacher(tmp_path: Path, tiny_dir: Pa
 def test_hidden_states_and_relations_run_with_the_teacher_online(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:
     args = _overrides(tmp_path, tiny_dir, corpus, "seeds=[0]", "roles=[kd]", "eval.onnx=false", "name=feat")
     args += ["distill.hidden=[[encoder.layer.0, encoder.layer.1]]", "distill.relations=1.0", "distill.relation_heads=2"]
+    args += ["distill.similarity=0.5", "distill.similarity_bank=20"]  # the bank from the cache, the rest online
+    args += ["sentences.augment={views: 1}"]
     # N1 shrinks the teacher; D1 is a BERT of its own built from a config dict
     d1 = "{name: D1, kwargs: {model_type: bert, hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, "
     d1 += "intermediate_size: 32, max_position_embeddings: 24}}"
-    args += ["students=[{name: L1, layers: 1}, {name: N1, layers: 1, hidden: 16, heads: 2}, " + d1 + "]"]
+    frozen = "{name: L1, layers: 1, freeze: [embeddings.word_embeddings]}"  # the teacher's, copied and kept
+    args += ["students=[" + frozen + ", {name: N1, layers: 1, hidden: 16, heads: 2}, " + d1 + "]"]
     r = kdistill("run", str(CONFIG), "--smoke", *args)
     assert r.returncode == 0, r.stderr
     for student in ("L1", "N1", "D1"):  # N1 (width 16) gets a Linear(16, 32) adapter on its token states
@@ -331,6 +420,14 @@ def test_hidden_states_and_relations_run_with_the_teacher_online(tmp_path: Path,
             (tmp_path / "feat-smoke" / f"{student}-kd-seed0" / "metrics.jsonl").read_text().splitlines()[0]
         )
         assert row["train_hidden:encoder.layer.0"] > 0 and row["train_relations"] > 0 and row["train_cosine"] > 0
+        assert row["train_similarity"] > 0
+    data = json.loads((tmp_path / "feat-smoke" / "data.json").read_text())
+    assert data["augmented"] > 0 and "variants of the corpus' training sentences" in (
+        tmp_path / "feat-smoke" / "summary.md"
+    ).read_text()
+    teacher, _, _ = load_encoder(str(tiny_dir))
+    kept = torch.load(tmp_path / "feat-smoke" / "L1-kd-seed0" / "weights.pt")["hf.embeddings.word_embeddings.weight"]
+    assert torch.equal(kept, teacher.hf.embeddings.word_embeddings.weight)
 
 
 def test_distillation_trains_the_student_towards_the_teacher(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:
@@ -396,6 +493,9 @@ def test_bad_config_and_missing_package_are_clean_errors(tmp_path: Path, tiny_di
     assert r.returncode == 2 and "unknown model package" in r.stderr
     r = kdistill("run", str(CONFIG), "--smoke", *args, "distill.hidden=[[encoder.layer.0, encoder.layr.2]]")
     assert r.returncode == 2 and "closest: encoder.layer.2" in r.stderr
+    r = kdistill("run", str(CONFIG), "--smoke", *args, "students=[{name: L1, layers: 1, freeze: [embeddings.word]}]")
+    assert r.returncode == 2 and "unknown layer 'embeddings.word'" in r.stderr
+    assert "closest: " in r.stderr and "embeddings.word_embeddings" in r.stderr
 
 
 def test_packaged_teacher_embeds_as_sentence_transformers_does() -> None:

@@ -14,6 +14,7 @@ from kdistill.losses.encoder import (
     minilm_relation_loss,
     relation_kl,
     self_relation,
+    similarity_kl,
 )
 
 
@@ -68,3 +69,42 @@ def test_minilm_gradients_reach_the_student_only_and_heads_must_agree() -> None:
     assert all(x.grad is None for x in t) and all(x.grad is not None for x in s)
     with pytest.raises(ValueError, match="batch, heads and tokens must agree"):
         minilm_relation_loss(t, tuple(torch.randn(1, 3, 4, 3) for _ in range(3)), torch.ones(1, 4))
+
+
+def test_similarity_kl_hand_computed() -> None:
+    # anchors e1, e2; teacher along e1, student along e2 (lengths do not matter: cosines), T = 0.5:
+    # teacher logits [2, 0], student logits [0, 2]; KL = sum p_t (log p_t - log p_s)
+    bank = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    t, s = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 5.0]])
+    p = [math.exp(2) / (math.exp(2) + 1), 1 / (math.exp(2) + 1)]
+    log_p_s = [-math.log1p(math.exp(2)), 2 - math.log1p(math.exp(2))]
+    expected = sum(pi * (math.log(pi) - qi) for pi, qi in zip(p, log_p_s, strict=True))
+    assert float(similarity_kl(s, t, bank, 0.5)) == pytest.approx(expected, rel=1e-6)
+    assert float(similarity_kl(t * 7, t, bank, 0.5)) == pytest.approx(0.0, abs=1e-7)  # same directions
+
+
+def test_similarity_kl_exclusion_equals_leaving_the_anchor_out() -> None:
+    torch.manual_seed(2)
+    s, t, bank = torch.randn(3, 4), torch.randn(3, 4), torch.randn(6, 4)
+    exclude = torch.zeros(3, 6, dtype=torch.bool)
+    exclude[:, 5] = True
+    dropped = similarity_kl(s, t, bank[:5], 0.1)
+    assert float(similarity_kl(s, t, bank, 0.1, exclude)) == pytest.approx(float(dropped), rel=1e-6)
+    # per-row exclusion: row i without anchor i (the sentence itself) is the mean of the rows' own losses
+    own = torch.eye(3, 6, dtype=torch.bool)
+    keep = [[j for j in range(6) if j != i] for i in range(3)]
+    rows = [float(similarity_kl(s[i : i + 1], t[i : i + 1], bank[keep[i]], 0.1)) for i in range(3)]
+    assert float(similarity_kl(s, t, bank, 0.1, own)) == pytest.approx(sum(rows) / 3, rel=1e-6)
+
+
+def test_similarity_kl_gradients_reach_the_student_only_and_bad_input_is_named() -> None:
+    torch.manual_seed(3)
+    s, t, bank = (torch.randn(*shape, requires_grad=True) for shape in ((2, 4), (2, 4), (5, 4)))
+    similarity_kl(s, t, bank, 0.05).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None and bank.grad is None
+    with pytest.raises(ValueError, match=r"an \[N, D\] bank, got student \(2, 4\), teacher \(2, 4\), bank \(5, 3\)"):
+        similarity_kl(s, t, torch.randn(5, 3))
+    with pytest.raises(ValueError, match="temperature T must be a finite number > 0"):
+        similarity_kl(s, t, bank, 0.0)
+    with pytest.raises(ValueError, match=r"exclude must be \[B, N\] = \(2, 5\)"):
+        similarity_kl(s, t, bank, 0.05, torch.zeros(2, 4, dtype=torch.bool))

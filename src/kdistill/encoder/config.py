@@ -33,11 +33,23 @@ class TransferSource(TextSource):
     limit: int | None = Field(None, ge=1, description="sentences kept, in hash order (null: all)")
 
 
+class AugmentConfig(StrictModel):
+    """Variants of the corpus' training sentences, labelled by the teacher, for training only."""
+
+    views: int = Field(4, ge=1, description="variants per training sentence")
+    replace: float = Field(0.15, ge=0, le=1, description="chance a kept word is replaced by a corpus word")
+    drop: float = Field(0.1, ge=0, lt=1, description="chance a word is dropped")
+    seed: int = 0
+
+
 class SentenceConfig(TextSource):
     transfer: TransferSource | None = Field(
         None,
         description="more sentences for the training split only (validation and test stay this corpus'); a "
         "sentence equal to one of this corpus up to case and punctuation is left out",
+    )
+    augment: AugmentConfig | None = Field(
+        None, description="variants of each training sentence (words dropped or replaced), training only"
     )
     min_words: int = Field(4, ge=1)
     max_words: int | None = Field(64, ge=1, description="longer sentences are dropped (null keeps them)")
@@ -60,12 +72,22 @@ class StudentSpec(StrictModel):
     layers: int | None = Field(None, ge=1)
     hidden: int | None = Field(None, ge=8, description="null: the teacher's width")
     heads: int | None = Field(None, ge=1)
-    intermediate: int | None = Field(None, ge=8)
+    intermediate: int | None = Field(
+        None, ge=8, description="feed-forward width (null: the teacher's, scaled with the width)"
+    )
     init: Literal["copy", "random"] = Field(
-        "copy", description="copy: the teacher's embeddings (projected when narrower) and layers (same width)"
+        "copy",
+        description="copy: the teacher's embeddings (projected when narrower) and layers (same width; a smaller "
+        "intermediate keeps each copied feed-forward block's strongest neurons)",
     )
     copy_layers: list[int] | None = Field(None, description="teacher layers copied (null: evenly spaced)")
     path: str | None = Field(None, description="a transformers encoder directory instead of a shrunk teacher")
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="submodules of the student kept as initialised, by dotted name (e.g. embeddings.word_embeddings: "
+        "the copied or projected token embeddings, most of a small student's weights, which 10k sentences "
+        "would otherwise move for the tokens they contain only)",
+    )
     kwargs: dict[str, Any] | None = Field(
         None, description="a transformers config dict (model_type: bert, distilbert, ...), randomly initialised"
     )
@@ -96,6 +118,16 @@ class DistillConfig(StrictModel):
         None, description="(student, teacher) attention modules holding query/key/value (null: the last layers')"
     )
     relation_heads: int | None = Field(None, ge=1, description="relation heads (null: the teacher's heads)")
+    similarity: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the KL between teacher's and student's softmax over cosine similarities to a bank of "
+        "the teacher's training embeddings (CompRess/SEED): trains the order of each sentence's neighbours",
+    )
+    similarity_temperature: float = Field(0.05, gt=0, description="temperature of the similarity softmax")
+    similarity_bank: int | None = Field(
+        None, ge=2, description="training sentences in the bank, drawn once with seed 0 (null: all of them)"
+    )
     retokenize: bool = Field(
         False, description="a student with its own tokenizer: tokenize the sentences once per model (embeddings only)"
     )

@@ -10,7 +10,8 @@ wrapper has one input and exports to ONNX as it is.
 
 :func:`shrink` builds a student from the teacher's own config with fewer layers and, optionally, a smaller
 width. ``init: copy`` copies the embeddings and chosen teacher layers when the width is the teacher's
-(DistilBERT's initialisation); at a smaller width it projects the teacher's embedding tables onto their top
+(DistilBERT's initialisation), a smaller ``intermediate`` keeping each copied feed-forward block's strongest
+neurons; at a smaller width it projects the teacher's embedding tables onto their top
 principal directions (the layers start random). ``init: random`` starts everything from the config's
 initialiser.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +167,8 @@ def _copy_init(t: nn.Module, s: nn.Module, chosen: list[int]) -> None:
                     break
             if src in ts and ts[src].shape == ss[k].shape:
                 new[k] = ts[src]
+            elif src in ts and _FFN.search(src):  # a narrower feed-forward block
+                new[k] = _pruned(ts, src, int(s.config.intermediate_size))
         s.load_state_dict(new, strict=False)
         return
     # A narrower student: every embedding table projected onto the word embeddings' top principal directions
@@ -175,6 +179,24 @@ def _copy_init(t: nn.Module, s: nn.Module, chosen: list[int]) -> None:
     for k in ss:
         if k.startswith("embeddings.") and k in ts and ts[k].dim() == 2 and ts[k].shape[1] == v.shape[0]:
             ss[k].copy_(ts[k].float() @ v)
+
+
+# a BERT layer's feed-forward tensors with an intermediate dimension (not attention.output.dense)
+_FFN = re.compile(r"layer\.\d+\.(intermediate\.dense\.(weight|bias)|output\.dense\.weight)$")
+
+
+def _pruned(ts: dict[str, torch.Tensor], key: str, keep: int) -> torch.Tensor:
+    """A BERT layer's feed-forward tensor ``key`` cut to the ``keep`` intermediate neurons that carry most
+    weight, ``|w_in_j| * |w_out_j|`` (a neuron's largest possible contribution per unit input): a narrower
+    feed-forward block that starts as the teacher's minus its weakest neurons (the init of structured pruning,
+    Michel et al. 2019, Sanh et al. 2020), not from random weights."""
+    layer = key[: _FFN.search(key).start(1)]  # e.g. "encoder.layer.3."
+    w_in, w_out = ts[layer + "intermediate.dense.weight"], ts[layer + "output.dense.weight"]  # [I, D], [D, I]
+    if keep > len(w_in):
+        raise TextError(f"intermediate size {keep} is larger than the teacher's {len(w_in)}: nothing to prune")
+    score = w_in.float().norm(dim=1) * w_out.float().norm(dim=0)
+    idx = score.topk(keep).indices.sort().values  # the teacher's order of the kept neurons
+    return ts[key][:, idx] if key.endswith("output.dense.weight") else ts[key][idx]
 
 
 def save_encoder(enc: SentenceEncoder, tokenizer: Any, path: Path, max_length: int = 256) -> None:

@@ -4,8 +4,10 @@
   narrower than the teacher carries a linear head into the teacher's space), optionally hidden states of named
   layers (the project's :class:`~kdistill.taps.Tapped` and :func:`~kdistill.adapters.make_adapter`, padding
   left out) and MiniLM's attention and value relations of one layer per model (query/key/value taken from the
-  named linear layers, split into ``relation_heads`` heads). The teacher's embeddings come from a cache (rows by
-  sample index) unless a term needs its hidden states; then it runs online, frozen.
+  named linear layers, split into ``relation_heads`` heads), and the similarity distribution of each sentence
+  over a bank of the teacher's training embeddings (:func:`~kdistill.losses.encoder.similarity_kl`). The
+  teacher's embeddings come from a cache (rows by sample index) unless a term needs its hidden states; then it
+  runs online, frozen.
 - :class:`ContrastiveScratch`: the no-teacher row, unsupervised SimCSE (Gao et al. 2021) on the same
   sentences: two dropout views of each sentence, the other sentences of the batch as negatives.
 
@@ -29,6 +31,7 @@ from kdistill.losses.encoder import (
     info_nce,
     masked_mse,
     minilm_relation_loss,
+    similarity_kl,
     split_heads,
 )
 from kdistill.metrics import EvalResult
@@ -80,7 +83,14 @@ class EncoderDistiller(_EncoderObjective):
         relations: float = 0.0,
         relation_layers: tuple[str, str] | None = None,
         relation_heads: int | None = None,
+        similarity: float = 0.0,
+        similarity_temperature: float = 0.05,
+        bank: torch.Tensor | None = None,
+        bank_rows: torch.Tensor | None = None,
     ) -> None:
+        """``bank`` ``[N, D]``: the teacher's embeddings the similarity term compares against, ``bank_rows``
+        ``[N]`` the training-split index of each (a sentence is left out of its own softmax); by default the
+        cache itself."""
         super().__init__()
         self.model = student
         self.teacher = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
@@ -110,6 +120,17 @@ class EncoderDistiller(_EncoderObjective):
         adapters = [make_adapter(s, (student.width,), t, (t_model.width,))[0] for s, t in self.pairs]
         self.adapters = nn.ModuleList(adapters)
         self.online = bool(t_specs) or cache is None
+        self.similarity, self.similarity_temperature = similarity, similarity_temperature
+        if similarity > 0:
+            bank = cache if bank is None else bank
+            if bank is None:
+                raise ValueError("similarity > 0 needs a bank of teacher embeddings (or the teacher's cache)")
+            rows = torch.arange(len(bank)) if bank_rows is None else bank_rows
+            if rows.shape != (len(bank),):
+                raise ValueError(f"bank_rows {tuple(rows.shape)} must give one training index per bank row")
+            # normalised once: the loss normalises again, a no-op then, but every step saves the division
+            self.register_buffer("bank", nn.functional.normalize(bank.float(), dim=-1), persistent=False)
+            self.register_buffer("bank_rows", rows, persistent=False)
         self.register_buffer("cache", cache, persistent=False)
         self.register_buffer("val_cache", val_cache, persistent=False)
 
@@ -157,6 +178,10 @@ class EncoderDistiller(_EncoderObjective):
             tq = tuple(split_heads(t_feats[f"{t_l}.{p}"], h) for p in ("query", "key", "value"))
             parts["relations"] = minilm_relation_loss(tq, sq, mask)
             loss = loss + self.relations * parts["relations"]
+        if self.similarity > 0:
+            own = batch["index"][:, None] == self.bank_rows[None, :]  # each sentence out of its own softmax
+            parts["similarity"] = similarity_kl(s_emb, t_emb, self.bank, self.similarity_temperature, own)
+            loss = loss + self.similarity * parts["similarity"]
         return StepOutput(loss, s_emb, {k: v.detach() for k, v in parts.items()})
 
     def batch_loss(self, ids: torch.Tensor, start: int) -> torch.Tensor:

@@ -7,7 +7,8 @@ default), ``source: files`` text files (e.g. Debian's ``fortunes``), documents c
 text is cut into sentences (end punctuation followed by a capital), cleaned (whitespace collapsed; doctest
 lines, reST directives and code-like lines dropped), kept when it has ``min_words..max_words`` words and
 de-duplicated, then dealt to train / validation / test by a hash of the sentence, so a sentence lands in the
-same split whatever else the corpus holds. A ``transfer`` source adds sentences to the training split only.
+same split whatever else the corpus holds. A ``transfer`` source adds sentences to the training split only;
+``augment`` adds variants of the corpus' training sentences (:func:`augment_sentences`), training only too.
 
 :func:`tokenize` pads every sentence to one length (the longest after truncation) with the tokenizer's own
 ``[CLS] ... [SEP]``; a sentence longer than ``max_length`` tokens is cut there and counted, never an error.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import random
 import re
 import sysconfig
 from collections.abc import Callable
@@ -43,6 +45,7 @@ class Sentences:
     sources: int
     dropped: dict[str, int] = field(default_factory=dict)
     transfer: dict[str, int] = field(default_factory=dict)  # training-only sentences: added, files, dropped
+    augmented: int = 0  # variants of the training sentences added to the training split
 
 
 @dataclass
@@ -187,6 +190,7 @@ def read_sentences(
     test_fraction: float = 0.1,
     limit: int | None = None,
     transfer: dict | None = None,
+    augment: dict | None = None,
 ) -> Sentences:
     """Sentences of the corpus dealt to the splits (see the module docstring); ``limit`` caps the training
     sentences (the first ones in hash order, so a smaller limit keeps a subset of a larger one).
@@ -204,6 +208,7 @@ def read_sentences(
     split = {k: _hash_order(v) for k, v in split.items()}
     if limit is not None:
         split["train"] = split["train"][:limit]
+    own_train = list(split["train"])  # what augment varies: the corpus' own sentences, not a transfer set's
     for s in SPLITS:
         if len(split[s]) < 2:
             raise TextError(
@@ -222,6 +227,41 @@ def read_sentences(
         split["train"] += extra
         out.sources += more_files
         out.transfer = {"sentences": len(extra), "files": more_files, **more}
+    if augment is not None:
+        normal = {_normal(x) for x in seen}
+        variants = [v for v in augment_sentences(own_train, **augment) if _normal(v) not in normal]
+        split["train"] += variants
+        out.augmented = len(variants)
+    return out
+
+
+def augment_sentences(
+    sentences: list[str], views: int = 4, replace: float = 0.15, drop: float = 0.1, seed: int = 0
+) -> list[str]:
+    """``views`` variants of each sentence: every word dropped with probability ``drop``, else replaced with
+    probability ``replace`` by a word drawn from all the sentences' words (by frequency); at least two words
+    kept, variants equal to their sentence or to another variant left out. TinyBERT's data augmentation
+    (Jiao et al. 2020) with the corpus' own words instead of a masked LM's predictions: the teacher labels any
+    text, so near-copies of the training sentences show the student more of the teacher's function around
+    them than the sentences alone."""
+    if views < 1 or not (0 <= replace <= 1 and 0 <= drop < 1):
+        raise ValueError(f"augment needs views >= 1, 0 <= replace <= 1, 0 <= drop < 1; got {views}, {replace}, {drop}")
+    rng = random.Random(seed)
+    pool = [w for x in sentences for w in x.split()]
+    out, seen = [], set(sentences)
+    for x in sentences:
+        words = x.split()
+        for _ in range(views):
+            new = []
+            for w in words:
+                r = rng.random()
+                if r < drop:
+                    continue
+                new.append(rng.choice(pool) if r < drop + replace * (1 - drop) else w)
+            v = " ".join(new)
+            if len(new) >= 2 and v not in seen:
+                seen.add(v)
+                out.append(v)
     return out
 
 

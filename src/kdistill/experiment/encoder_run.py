@@ -42,7 +42,7 @@ from kdistill.encoder.models import (
     shrink,
 )
 from kdistill.encoder.objectives import ContrastiveScratch, EncoderDistiller
-from kdistill.encoder.sentences import SPLITS, TokenizedSplit, read_sentences, tokenize
+from kdistill.encoder.sentences import SPLITS, Sentences, TokenizedSplit, read_sentences, tokenize
 from kdistill.experiment.context import log, open_run_dir, plain_run_dir
 from kdistill.experiment.teachers import shared_file
 from kdistill.export import check_onnx, export_onnx
@@ -50,6 +50,7 @@ from kdistill.io import atomic_save, atomic_write_text, safe_load
 from kdistill.lock import run_lock
 from kdistill.models import count_params
 from kdistill.report.encoder import write_encoder_summary
+from kdistill.taps import freeze
 from kdistill.teacher import FrozenTeacher
 from kdistill.text.tokenizers import TextError
 from kdistill.trainer import fit
@@ -94,10 +95,10 @@ def _run_encoder(cfg: EncoderExperimentConfig, smoke: bool, resume: bool) -> dic
     teacher, tok, tdir = load_encoder(cfg.teacher.path)
     teacher.eval()
     log(f"teacher: {tdir} ({count_params(teacher):,} parameters, {layer_count(teacher)} layers × {teacher.width})")
-    sentences, transfer = _sentences(cfg, smoke)
+    sentences, read = _sentences(cfg, smoke)
     max_length = min(cfg.sentences.max_length, int(teacher.hf.config.max_position_embeddings))
     tokens = Tokens({s: tokenize(tok, sentences[s], max_length) for s in SPLITS}, tok)
-    data = _describe(cfg, sentences, tokens, tdir, max_length, transfer)
+    data = _describe(cfg, sentences, tokens, tdir, max_length, read)
     atomic_write_text(run_dir / "data.json", json.dumps(data, indent=1) + "\n")
     log(f"sentences: {data['sentences']}; truncated at {max_length} tokens: {data['truncated']}")
     run = EncoderRun(cfg, smoke, resume, run_dir, sentences, teacher, tokens, {}, max_length)
@@ -118,8 +119,8 @@ def _run_encoder(cfg: EncoderExperimentConfig, smoke: bool, resume: bool) -> dic
     return write_encoder_summary(run_dir, resolved, rows, data, deploy, exports, smoke)
 
 
-def _sentences(cfg: EncoderExperimentConfig, smoke: bool) -> tuple[dict[str, list[str]], dict]:
-    """The sentences of each split, and what the transfer source added (empty without one)."""
+def _sentences(cfg: EncoderExperimentConfig, smoke: bool) -> tuple[dict[str, list[str]], Sentences]:
+    """The sentences of each split (the first few of each in a smoke run), and what the reader counted."""
     s = cfg.sentences
     read = read_sentences(
         s.source,
@@ -132,13 +133,16 @@ def _sentences(cfg: EncoderExperimentConfig, smoke: bool) -> tuple[dict[str, lis
         test_fraction=s.test_fraction,
         limit=s.limit,
         transfer=s.transfer.model_dump() if s.transfer is not None else None,
+        augment=s.augment.model_dump() if s.augment is not None else None,
     )
+    if read.augmented:
+        log(f"augment: {read.augmented:,} variants of the training sentences added")
     if read.transfer:
         n, files = read.transfer["sentences"], read.transfer["files"]
         log(f"transfer set: {n:,} more training sentences from {files:,} file(s)")
     if smoke:
-        return {k: v[: SMOKE[k]] for k, v in read.text.items()}, read.transfer
-    return read.text, read.transfer
+        return {k: v[: SMOKE[k]] for k, v in read.text.items()}, read
+    return read.text, read
 
 
 def _describe(
@@ -147,13 +151,14 @@ def _describe(
     tokens: Tokens,
     tdir: Path,
     max_length: int,
-    transfer: dict,
+    read: Sentences,
 ) -> dict:
     t = cfg.sentences.transfer
     return {
         "source": cfg.sentences.source,
         # the training-only source and what it added (sentences, files, filtered, duplicates of this corpus)
-        "transfer": {"source": t.source, "paths": t.paths, **transfer} if t is not None else None,
+        "transfer": {"source": t.source, "paths": t.paths, **read.transfer} if t is not None else None,
+        "augmented": read.augmented,  # variants of the training sentences in the training split
         "sentences": {s: len(sentences[s]) for s in SPLITS},
         "truncated": {s: tokens[s].truncated for s in SPLITS},
         "max_length": max_length,
@@ -225,6 +230,7 @@ def build_student(run: EncoderRun, spec: StudentSpec) -> tuple[SentenceEncoder, 
         tok = run.tokens.tokenizer
     else:
         student, tok, _ = load_encoder(spec.path)
+    freeze(student.hf, spec.freeze)  # the same for every role: the no-teacher row trains what kd trains
     if spec.name not in run.student_tokens:
         run.student_tokens[spec.name] = _tokens_for(run, spec, tok)
     return student, run.student_tokens[spec.name]
@@ -342,7 +348,24 @@ def _objective(run: EncoderRun, student: SentenceEncoder, role: str) -> nn.Modul
         relations=d.relations,
         relation_layers=rel,
         relation_heads=d.relation_heads,
+        similarity=d.similarity,
+        similarity_temperature=d.similarity_temperature,
+        **_bank(run),
     )
+
+
+def _bank(run: EncoderRun) -> dict[str, torch.Tensor]:
+    """The similarity term's anchors: the teacher's embeddings of ``distill.similarity_bank`` training sentences
+    (drawn once, the same for every student and seed), or of all of them."""
+    d, train = run.cfg.distill, run.cache.get("train")
+    if d.similarity <= 0:
+        return {}
+    if train is None:  # the students are checked before the teacher's embeddings exist: a stand-in of its shape
+        return {"bank": torch.zeros(2, run.teacher.dim)}
+    rows = torch.arange(len(train))
+    if d.similarity_bank is not None and d.similarity_bank < len(train):
+        rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: d.similarity_bank]
+    return {"bank": train[rows], "bank_rows": rows}
 
 
 def _scores(run: EncoderRun, student: SentenceEncoder, tokens: Tokens) -> dict:

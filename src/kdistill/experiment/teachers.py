@@ -261,15 +261,21 @@ def shared_outputs(
 
 def shared_file(root: Path, kind: str, parts: Sequence[str | bytes], compute: Callable[[], dict]) -> tuple[dict, bool]:
     """``compute()``'s result kept as ``<root>/<kind>/<key>.pt``, ``key`` a hash of ``parts``. Outputs are float32
-    and exact, so a read-back equals a recomputation. A lock on ``<kind>/`` lets one process compute while the
-    others wait (one lock per kind: a worker reading predictions never waits for another process's transfer-set
-    logits); whether the result was read back is the second value."""
+    and exact, so a read-back equals a recomputation. An entry that exists is read without locking; a lock on
+    ``<kind>/`` lets one process compute a missing one while the others wait (one lock per kind: a worker
+    reading predictions never waits for another process's transfer-set logits); whether the result was read back
+    is the second value."""
     h = hashlib.sha256(f"{kind}:{CACHE_FORMAT}".encode())
     for part in parts:
         h.update(part if isinstance(part, bytes) else part.encode())
     directory = root / kind
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{h.hexdigest()[:24]}.pt"
+    if path.is_file():  # atomic_save renames whole files into place: a reader needs no lock, and never waits
+        try:  # while another process computes a different entry (a transfer set's takes minutes)
+            return safe_load(path), True
+        except CheckpointError:
+            pass  # damaged: rebuilt under the lock below
     with dir_lock(directory):
         if path.is_file():
             try:

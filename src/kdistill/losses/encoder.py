@@ -13,6 +13,10 @@
   relation heads is chosen, not the models', so a narrower student with other heads can still be compared).
 - :func:`masked_mse`: token states of one layer, student (after its adapter) against teacher, padding left out.
 - :func:`info_nce`: SimCSE's contrastive loss between two views of a batch (the no-teacher baseline).
+- :func:`similarity_kl`: CompRess-style similarity distillation (Abbasi Koohpayegani et al. 2020, SEED): each
+  sentence's softmax over its cosine similarities to a bank of anchor embeddings (the teacher's, of the training
+  sentences), teacher against student. It trains the order of the neighbours, what retrieval with the student
+  uses; matching each embedding alone (cosine) spends the student's capacity on what all sentences share.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kdistill.losses.checks import float_dtype
+from kdistill.losses.checks import check_temperature, float_dtype
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -127,3 +131,32 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05) -> tor
         raise ValueError(f"info_nce needs two [B, D] views of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     sim = F.cosine_similarity(a.unsqueeze(1), b.unsqueeze(0), dim=-1) / temperature
     return F.cross_entropy(sim, torch.arange(len(a), device=a.device))
+
+
+def similarity_kl(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    bank: torch.Tensor,
+    temperature: float = 0.05,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``KL(softmax(cos(t_i, bank) / T) || softmax(cos(s_i, bank) / T))`` averaged over the rows ``i`` of
+    ``student`` and ``teacher`` ``[B, D]``; ``bank`` ``[N, D]`` holds the anchors (treated as constants).
+    ``exclude`` ``[B, N]`` (bool) drops anchors from a row's softmax, e.g. the sentence itself, whose similarity
+    to its own teacher embedding is 1 for the teacher and would swamp its distribution."""
+    if student.shape != teacher.shape or student.dim() != 2 or bank.dim() != 2 or bank.shape[1] != student.shape[1]:
+        shapes = f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)}, bank {tuple(bank.shape)}"
+        raise ValueError(f"similarity_kl needs [B, D] student and teacher embeddings and an [N, D] bank, got {shapes}")
+    check_temperature(temperature)
+    dtype = float_dtype(student, teacher)
+    anchors = F.normalize(bank.detach().to(dtype), dim=-1)
+    s = F.normalize(student.to(dtype), dim=-1) @ anchors.T / temperature
+    t = F.normalize(teacher.detach().to(dtype), dim=-1) @ anchors.T / temperature
+    if exclude is not None:
+        if exclude.shape != s.shape:
+            raise ValueError(f"exclude must be [B, N] = {tuple(s.shape)}, got {tuple(exclude.shape)}")
+        s, t = s.masked_fill(exclude, float("-inf")), t.masked_fill(exclude, float("-inf"))
+    t_log, s_log = F.log_softmax(t, dim=-1), F.log_softmax(s, dim=-1)
+    p = t_log.exp()
+    per_anchor = torch.where(p > 0, p * (t_log - s_log), torch.zeros_like(p))  # excluded anchors: p = 0, no term
+    return per_anchor.sum(-1).mean()

@@ -116,6 +116,8 @@ def encoder_markdown(summary: dict) -> str:
     lines = md_heading(summary, "sentences")
     t = d.get("transfer")
     more = f", of them {t['sentences']:,} from the transfer source ({t['source']}, training only)" if t else ""
+    if d.get("augmented"):
+        more += f", {d['augmented']:,} variants of the corpus' training sentences (augment, training only)"
     lines += [
         f"Teacher `{d['teacher_dir']}`. Sentences ({d['source']}): train {d['sentences']['train']:,}{more}, validation "
         f"{d['sentences']['val']:,}, test {d['sentences']['test']:,}; median {d['median_tokens']['test']:.0f} tokens; "
