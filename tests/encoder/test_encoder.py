@@ -422,9 +422,8 @@ def test_hidden_states_and_relations_run_with_the_teacher_online(tmp_path: Path,
         assert row["train_hidden:encoder.layer.0"] > 0 and row["train_relations"] > 0 and row["train_cosine"] > 0
         assert row["train_similarity"] > 0
     data = json.loads((tmp_path / "feat-smoke" / "data.json").read_text())
-    assert data["augmented"] > 0 and "variants of the corpus' training sentences" in (
-        tmp_path / "feat-smoke" / "summary.md"
-    ).read_text()
+    summary = (tmp_path / "feat-smoke" / "summary.md").read_text()
+    assert data["augmented"] > 0 and "variants of the corpus' training sentences" in summary
     teacher, _, _ = load_encoder(str(tiny_dir))
     kept = torch.load(tmp_path / "feat-smoke" / "L1-kd-seed0" / "weights.pt")["hf.embeddings.word_embeddings.weight"]
     assert torch.equal(kept, teacher.hf.embeddings.word_embeddings.weight)

@@ -84,9 +84,8 @@ class StudentSpec(StrictModel):
     path: str | None = Field(None, description="a transformers encoder directory instead of a shrunk teacher")
     freeze: list[str] = Field(
         default_factory=list,
-        description="submodules of the student kept as initialised, by dotted name (e.g. embeddings.word_embeddings: "
-        "the copied or projected token embeddings, most of a small student's weights, which 10k sentences "
-        "would otherwise move for the tokens they contain only)",
+        description="submodules of the student kept as initialised, by dotted name (e.g. embeddings.word_embeddings, "
+        "the copied or projected token embeddings: most of a small student's weights)",
     )
     kwargs: dict[str, Any] | None = Field(
         None, description="a transformers config dict (model_type: bert, distilbert, ...), randomly initialised"
