@@ -128,8 +128,7 @@ class EncoderDistiller(_EncoderObjective):
             rows = torch.arange(len(bank)) if bank_rows is None else bank_rows
             if rows.shape != (len(bank),):
                 raise ValueError(f"bank_rows {tuple(rows.shape)} must give one training index per bank row")
-            # normalised once: the loss normalises again, a no-op then, but every step saves the division
-            self.register_buffer("bank", nn.functional.normalize(bank.float(), dim=-1), persistent=False)
+            self.register_buffer("bank", bank.float(), persistent=False)
             self.register_buffer("bank_rows", rows, persistent=False)
         self.register_buffer("cache", cache, persistent=False)
         self.register_buffer("val_cache", val_cache, persistent=False)

@@ -216,20 +216,20 @@ def read_sentences(
                 "or lower min_words"
             )
     out = Sentences(split, n_files, dropped)
+    # the corpus' sentences up to case and punctuation: what neither a transfer set nor a variant may repeat
+    corpus = {_normal(x) for x in seen} if transfer is not None or augment is not None else set()
     if transfer is not None:
         more_texts, more_files = corpus_texts(
             transfer["source"], transfer.get("paths"), transfer.get("pattern", "*"), transfer.get("separator")
         )
         more = {"filtered": 0, "duplicates": 0}
-        normal = {_normal(x) for x in seen}
-        extra = _clean(more_texts, min_words, max_words, normal, more, key=_normal)
+        extra = _clean(more_texts, min_words, max_words, set(corpus), more, key=_normal)
         extra = _hash_order(extra)[: transfer.get("limit")]
         split["train"] += extra
         out.sources += more_files
         out.transfer = {"sentences": len(extra), "files": more_files, **more}
     if augment is not None:
-        normal = {_normal(x) for x in seen}
-        variants = [v for v in augment_sentences(own_train, **augment) if _normal(v) not in normal]
+        variants = [v for v in augment_sentences(own_train, **augment) if _normal(v) not in corpus]
         split["train"] += variants
         out.augmented = len(variants)
     return out

@@ -271,20 +271,28 @@ def shared_file(root: Path, kind: str, parts: Sequence[str | bytes], compute: Ca
     directory = root / kind
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{h.hexdigest()[:24]}.pt"
-    if path.is_file():  # atomic_save renames whole files into place: a reader needs no lock, and never waits
-        try:  # while another process computes a different entry (a transfer set's takes minutes)
-            return safe_load(path), True
-        except CheckpointError:
-            pass  # damaged: rebuilt under the lock below
+    # atomic_save renames whole files into place: a reader needs no lock, and never waits while another process
+    # computes a different entry (a transfer set's takes minutes); a damaged entry is rebuilt under the lock
+    if (got := _read(path, say=False)) is not None:
+        return got, True
     with dir_lock(directory):
-        if path.is_file():
-            try:
-                return safe_load(path), True
-            except CheckpointError as e:  # a damaged entry is rebuilt, never trusted
-                log(f"teacher: {e}; computing it again")
+        if (got := _read(path, say=True)) is not None:
+            return got, True
         got = compute()
         atomic_save(got, path)
         return got, False
+
+
+def _read(path: Path, say: bool) -> dict | None:
+    """The entry at ``path``; None when there is none or it is damaged (rebuilt, never trusted; ``say``: log it)."""
+    if not path.is_file():
+        return None
+    try:
+        return safe_load(path)
+    except CheckpointError as e:
+        if say:
+            log(f"teacher: {e}; computing it again")
+        return None
 
 
 def _view_cache(ctx: RunContext, teacher: FrozenTeacher, train: TrainConfig) -> ViewCache:

@@ -70,6 +70,14 @@ def self_relation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch
     return F.log_softmax(scores.masked_fill(~keys, float("-inf")), dim=-1)
 
 
+def _kl_rows(teacher_log: torch.Tensor, student_log: torch.Tensor) -> torch.Tensor:
+    """``KL(p_t || p_s)`` over the last dimension of two log-distributions; entries where the teacher puts
+    probability 0 (masked with -inf in both) add nothing instead of ``0 * (-inf - -inf) = nan``."""
+    t = teacher_log.detach()
+    p = t.exp()
+    return torch.where(p > 0, p * (t - student_log), torch.zeros_like(p)).sum(-1)
+
+
 def relation_kl(teacher_log: torch.Tensor, student_log: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``KL(teacher row || student row)`` averaged over batch, heads and the query rows where ``mask`` is 1."""
     if teacher_log.shape != student_log.shape:
@@ -77,10 +85,7 @@ def relation_kl(teacher_log: torch.Tensor, student_log: torch.Tensor, mask: torc
             f"teacher relations {tuple(teacher_log.shape)} and student relations {tuple(student_log.shape)} differ; "
             "MiniLM needs the same number of heads and the same tokens in both models"
         )
-    t = teacher_log.detach()
-    p = t.exp()
-    per_key = torch.where(p > 0, p * (t - student_log), torch.zeros_like(p))  # padded keys: p = 0, no term
-    per_row = per_key.sum(-1)  # [B, H, L]
+    per_row = _kl_rows(teacher_log, student_log)  # [B, H, L]; padded keys: p = 0, no term
     rows = mask.to(torch.bool)[:, None, :].expand_as(per_row)
     if not bool(rows.any()):
         return per_row.sum() * 0.0
@@ -156,7 +161,5 @@ def similarity_kl(
         if exclude.shape != s.shape:
             raise ValueError(f"exclude must be [B, N] = {tuple(s.shape)}, got {tuple(exclude.shape)}")
         s, t = s.masked_fill(exclude, float("-inf")), t.masked_fill(exclude, float("-inf"))
-    t_log, s_log = F.log_softmax(t, dim=-1), F.log_softmax(s, dim=-1)
-    p = t_log.exp()
-    per_anchor = torch.where(p > 0, p * (t_log - s_log), torch.zeros_like(p))  # excluded anchors: p = 0, no term
-    return per_anchor.sum(-1).mean()
+    # excluded anchors: p = 0, no term
+    return _kl_rows(F.log_softmax(t, dim=-1), F.log_softmax(s, dim=-1)).mean()
