@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/patient.py --budgets 16,64 --jobs 2          # the table in the README
     .venv/bin/python benchmarks/patient.py --budgets 16 --recipes scratch,kd,logit_std
+    .venv/bin/python benchmarks/patient.py --runs scratch@200,kd@200 --jobs 2 --precision bf16
     .venv/bin/python benchmarks/patient.py --smoke                           # tiny data, seconds
 
 The student's architecture never changes (hinton.yaml's 24,058-parameter CNN, its optimizer and schedule);
@@ -72,12 +73,15 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def job(recipe: str, budget: int, seeds: list[int], threads: int, out: Path, smoke: bool, reuse: bool) -> dict:
+def job(
+    recipe: str, budget: int, seeds: list[int], threads: int, out: Path, smoke: bool, reuse: bool, precision: str
+) -> dict:
     """One (recipe, budget) run; its summary. Runs in a worker process under ``--jobs``."""
     r = RECIPES[recipe]
     overrides = [
         *r.overrides,
         f"student.train.epochs={budget}",
+        f"student.train.precision={precision}",
         f"seeds={seeds}",
         f"threads={threads}",
         f"output_dir={out}",
@@ -104,12 +108,13 @@ def run_all(
     reuse: bool,
     views: tuple[int, ...] = (),
     pairs: list[tuple[str, int]] | None = None,
+    precision: str = "float32",
 ) -> dict:
     """Every recipe at every budget, or exactly ``pairs`` of (recipe, budget) when given."""
     t0 = time.perf_counter()
     todo = pairs if pairs is not None else [(r, b) for b in budgets for r in recipes]
     budgets = list(dict.fromkeys(b for _, b in todo))
-    args = [(r, b, seeds, threads, out, smoke, reuse) for r, b in todo]
+    args = [(r, b, seeds, threads, out, smoke, reuse, precision) for r, b in todo]
     if jobs > 1:
         # spawn: a fresh interpreter per worker, so no worker inherits this process's torch thread pool
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -142,7 +147,8 @@ def run_all(
                     "delta_kd": None if kd is None else mean - kd,
                     "gap_recovered": (mean - scratch) / gap if gap else None,
                     "train_seconds_mean": stats(rows, "train_seconds")[0],
-                    "trained_on": f"{env.get('cpu')}, torch {env.get('torch')}, {env.get('threads')} thr",
+                    "trained_on": f"{env.get('cpu')}, torch {env.get('torch')}, {env.get('threads')} thr, "
+                    + s["config"]["student"]["train"].get("precision", "float32"),
                     "reused": bool(s.get("reused")),
                 }
             )
@@ -271,6 +277,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny data, one epoch: checks the benchmark runs")
     ap.add_argument("--reuse", action="store_true", help="take finished runs under --out whose config is unchanged")
     ap.add_argument("--runs", default="", help="exact recipe@epochs pairs instead, e.g. scratch@16,kd@64")
+    ap.add_argument(
+        "--precision", default="float32", choices=["float32", "bf16"], help="the student's training precision"
+    )
     ap.add_argument("--view-cost", default="", help="also time view-cache builds for these K, e.g. 8,32")
     args = ap.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
@@ -285,7 +294,7 @@ def main() -> None:
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         ap.error(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
-    res = run_all(recipes, budgets, seeds, args.threads, args.jobs, out, args.smoke, args.reuse, tuple(views), pairs)
+    res = run_all(recipes, budgets, seeds, args.threads, args.jobs, out, args.smoke, args.reuse, tuple(views), pairs, args.precision)
     atomic_write_text(out / "patient.json", json.dumps(res, indent=2))
     atomic_write_text(out / "patient.md", markdown(res))
     print(markdown(res), flush=True)

@@ -93,6 +93,7 @@ def test_patient_smoke_compares_recipes_at_equal_budgets(tmp_path: Path, monkeyp
     assert fm["kd"]["alpha"] == 1.0 and fm["student"]["train"]["augment"]["mixup"] == 0.2
     # each row names the machine that trained it, from the run's own summary
     assert table["kd"]["trained_on"].startswith(res["environment"]["cpu"]) and "1 thr" in table["kd"]["trained_on"]
+    assert table["kd"]["trained_on"].endswith(", float32")  # and the precision the student trained in
     # a view costs one row of float16 logits (10 classes) and one int16 draw (3 numbers); each image one int64 index
     (cost,) = res["view_cost"]
     assert cost["views"] == 2 and cost["mib_55k"] == pytest.approx(55_000 * (2 * (10 * 2 + 3 * 2) + 8) / 2**20)
