@@ -294,7 +294,19 @@ def main() -> None:
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         ap.error(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
-    res = run_all(recipes, budgets, seeds, args.threads, args.jobs, out, args.smoke, args.reuse, tuple(views), pairs, args.precision)
+    res = run_all(
+        recipes,
+        budgets,
+        seeds,
+        args.threads,
+        args.jobs,
+        out,
+        args.smoke,
+        args.reuse,
+        tuple(views),
+        pairs,
+        args.precision,
+    )
     atomic_write_text(out / "patient.json", json.dumps(res, indent=2))
     atomic_write_text(out / "patient.md", markdown(res))
     print(markdown(res), flush=True)
