@@ -65,6 +65,11 @@ RECIPES: dict[str, Recipe] = {
         ("roles=[kd]", "student.train.augment={shift: 2}", "kd.cache.views=32"),
         "CE + logit KD on ±2-pixel shifts, 32 cached views per image",
     ),
+    "kd_tta": Recipe(
+        "hinton.yaml",
+        ("roles=[kd]", "teacher.tta={}"),
+        "CE + logit KD (T 2, α 0.5) from the teacher's mean logits over the image and its four 1-pixel shifts",
+    ),
     "fm_mixup": Recipe(
         "hinton.yaml",
         ("roles=[kd]", "kd.alpha=1", "student.train.augment={mixup: 0.2}"),

@@ -80,9 +80,13 @@ def test_patient_smoke_compares_recipes_at_equal_budgets(tmp_path: Path, monkeyp
     skip_without_fashion()
     monkeypatch.chdir(ROOT)
     p = _load("patient")
-    res = p.run_all(["scratch", "kd", "fm_mixup"], [1], [0], 1, 1, tmp_path, smoke=True, reuse=False, views=(2,))
+    recipes = ["scratch", "kd", "kd_tta", "fm_mixup"]
+    res = p.run_all(recipes, [1], [0], 1, 1, tmp_path, smoke=True, reuse=False, views=(2,))
     table = {r["recipe"]: r for r in res["table"]}
-    assert list(table) == ["scratch", "kd", "fm_mixup"] and all(r["budget"] == 1 for r in res["table"])
+    assert list(table) == recipes and all(r["budget"] == 1 for r in res["table"])
+    tta = json.loads((tmp_path / "kd_tta_e1-smoke" / "summary.json").read_text())
+    assert tta["config"]["teacher"]["tta"] == {"shift": 1, "pattern": "plus"}
+    assert tta["rows"][0]["arch"] == "cnn + tta (5 views, 1 px)"
     assert table["kd"]["delta_scratch"] == pytest.approx(
         table["kd"]["test_acc_mean"] - table["scratch"]["test_acc_mean"]
     )
@@ -121,3 +125,32 @@ def test_step_speed_smoke_writes_ratios_for_both_students(tmp_path: Path) -> Non
     assert "| fused (kdistill) |" in md and md.count("| compression CNN |") == 2
     assert "`aten::convolution_backward`" in md  # the profiler saw the step's heaviest operator
     assert "inside kdistill's `fit`" in md
+
+
+def test_encoder_shapes_keeps_heads_by_slicing_exactly(tmp_path: Path) -> None:
+    """Keeping the first h heads equals the unsliced layer with the other heads' output columns zeroed."""
+    pytest.importorskip("transformers")
+    import copy
+
+    import torch
+
+    from kdistill.encoder.models import load_encoder
+    from tests.encoder.tiny import make_encoder_dir
+
+    bench = _load("encoder_shapes")
+    teacher, _, _ = load_encoder(str(make_encoder_dir(tmp_path / "t")))  # 3 layers x 32, 4 heads of 8
+    name, student = bench.build(teacher, "S=2:16:0,2")
+    assert name == "S" and len(student.hf.encoder.layer) == 2
+    zeroed = copy.deepcopy(student)
+    for layer in zeroed.hf.encoder.layer:
+        layer.attention.output.dense.weight.data[:, 8:] = 0.0  # heads 1-3 contribute nothing
+    bench.keep_heads(student, 1)
+    att = student.hf.encoder.layer[0].attention
+    assert att.self.query.out_features == 8 and att.output.dense.in_features == 8
+    ids = torch.randint(5, 40, (3, 7))
+    with torch.no_grad():
+        assert torch.allclose(student(ids), zeroed(ids), atol=1e-6)
+    with pytest.raises(SystemExit, match="keep 5 heads: the layers have 1"):
+        bench.keep_heads(student, 5)
+    with pytest.raises(SystemExit, match="bad shape 'S=2:16'"):
+        bench.build(teacher, "S=2:16")

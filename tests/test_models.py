@@ -48,6 +48,15 @@ def test_bad_model_specs_explain_themselves(arch: str, message: str) -> None:
         build_model(arch, (1, 8, 8), 10)
 
 
+def test_user_factory_kwargs_that_do_not_fit_its_signature_are_named() -> None:
+    with pytest.raises(
+        ValueError, match=r"user_models:make_plain'\(width: int = 4\).*cannot take kwargs \{'depth': 2\}"
+    ):
+        build_model("tests.fixtures.user_models:make_plain", (1, 8, 8), 7, {"depth": 2})
+    with pytest.raises(ValueError, match="missing a required argument: 'n'.*give every required argument there"):
+        build_model("tests.fixtures.user_models:needs_n", (1, 8, 8), 7, {})
+
+
 def test_bad_builtin_kwargs_name_the_arch() -> None:
     with pytest.raises(ValueError, match="model arch 'mlp': bad keyword arguments"):
         build_model("mlp", (1, 8, 8), 10, {"hiden": [3]})

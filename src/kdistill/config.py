@@ -303,12 +303,26 @@ class DataConfig(StrictModel):
 SOURCE_SECTIONS = ("synthetic", "folder", "arrays", "idx", "cifar", "factory")
 
 
+class TTAConfig(StrictModel):
+    """Test-time augmentation of a teacher: its logits averaged over shifted copies of each image."""
+
+    shift: int = Field(1, ge=1, description="pixels each view is shifted by")
+    pattern: Literal["plus", "grid"] = Field(
+        "plus", description="plus: the image and its 4 shifts (5 views); grid: all 9 offsets in {-shift, 0, shift}^2"
+    )
+
+
 class TeacherConfig(StrictModel):
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(arch="cnn"))
     checkpoint: str | None = Field(
         None, description="load these weights instead of training; null trains (or reuses) one"
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tta: TTAConfig | None = Field(
+        None,
+        description="answer with the mean logits over shifted views (test row, soft targets, latency); the "
+        "weights are trained and cached without it",
+    )
 
 
 class StudentConfig(StrictModel):
@@ -467,6 +481,16 @@ class ExperimentConfig(StrictModel):
                 "student.train.augment: mixup/cutmix leave mixed images unlabelled, so only the teacher can label "
                 f"them (function matching): they need roles: [kd] and kd.alpha: 1 (got roles {self.roles}, "
                 f"kd.alpha {self.kd.alpha}); train the scratch student in a config without mixing"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tta_gives_logits_only(self) -> ExperimentConfig:
+        inner = [t.method for t in self.terms if any(tl != "logits" for _, tl in t.layers or [])]
+        if self.teacher.tta is not None and inner:
+            raise ValueError(
+                f"teacher.tta averages the teacher's logits over views, but terms {inner} read its inner layers, "
+                "which belong to one view; remove teacher.tta or those terms"
             )
         return self
 

@@ -147,11 +147,19 @@ def build_model(
     )
     factory = import_callable(arch, f"model arch {arch!r}", usage)
     try:
-        params = inspect.signature(factory).parameters
-        if "num_classes" in params and "num_classes" not in kwargs:
-            kwargs["num_classes"] = num_classes
+        sig = inspect.signature(factory)
     except (TypeError, ValueError):  # builtins without signatures: pass kwargs as given
-        pass
+        sig = None
+    if sig is not None:
+        if "num_classes" in sig.parameters and "num_classes" not in kwargs:
+            kwargs["num_classes"] = num_classes
+        try:  # a signature mismatch is the config's fault: say so instead of a traceback from inside the call
+            sig.bind(**kwargs)
+        except TypeError as e:
+            raise ValueError(
+                f"model arch {arch!r}{sig} cannot take kwargs {kwargs}: {e}; a user factory gets only its kwargs "
+                "(plus num_classes when it names that parameter), so give every required argument there"
+            ) from e
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model arch {arch!r} returned {type(model).__name__}, not an nn.Module")

@@ -25,6 +25,7 @@ from kdistill.losses.encoder import (
     minilm_relation_loss,
     self_relation,
     similarity_kl,
+    similarity_mse,
     split_heads,
 )
 from kdistill.taps import LayerError
@@ -307,8 +308,14 @@ def test_similarity_term_leaves_each_sentence_out_of_its_own_softmax(tiny_dir: P
     # sentence 0 sits in the bank (row 1) and is left out of its own softmax; sentence 1 is not in the bank
     expected = (similarity_kl(s[:1], cache[:1], cache[[2, 3]]) + similarity_kl(s[1:], cache[1:2], cache[rows])) / 2
     assert float(got.loss.detach()) == pytest.approx(float(expected), rel=1e-5)
-    with pytest.raises(ValueError, match="similarity > 0 needs a bank"):
+    with pytest.raises(ValueError, match="similarity or similarity_mse > 0 needs a bank"):
         EncoderDistiller(student, teacher, similarity=1.0)
+    bank = {"bank": cache[rows], "bank_rows": rows}
+    obj = EncoderDistiller(student, teacher, cache=cache, cosine=0.0, similarity_mse=2.0, **bank)
+    got = obj(batch)
+    assert set(got.parts) == {"similarity_mse"}
+    expected = 2.0 * similarity_mse(s, cache[:2], cache[rows])
+    assert float(got.loss.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_unknown_layer_names_the_closest(tiny_dir: Path) -> None:
@@ -406,7 +413,8 @@ def test_shipped_config_smoke_run_on_a_tiny_teacher(tmp_path: Path, tiny_dir: Pa
 def test_hidden_states_and_relations_run_with_the_teacher_online(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:
     args = _overrides(tmp_path, tiny_dir, corpus, "seeds=[0]", "roles=[kd]", "eval.onnx=false", "name=feat")
     args += ["distill.hidden=[[encoder.layer.0, encoder.layer.1]]", "distill.relations=1.0", "distill.relation_heads=2"]
-    args += ["distill.similarity=0.5", "distill.similarity_bank=20"]  # the bank from the cache, the rest online
+    # the bank from the cache, the rest online
+    args += ["distill.similarity=0.5", "distill.similarity_mse=2", "distill.similarity_bank=20"]
     args += ["sentences.augment={views: 1}"]
     # N1 shrinks the teacher; D1 is a BERT of its own built from a config dict
     d1 = "{name: D1, kwargs: {model_type: bert, hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, "
@@ -420,7 +428,7 @@ def test_hidden_states_and_relations_run_with_the_teacher_online(tmp_path: Path,
             (tmp_path / "feat-smoke" / f"{student}-kd-seed0" / "metrics.jsonl").read_text().splitlines()[0]
         )
         assert row["train_hidden:encoder.layer.0"] > 0 and row["train_relations"] > 0 and row["train_cosine"] > 0
-        assert row["train_similarity"] > 0
+        assert row["train_similarity"] > 0 and row["train_similarity_mse"] > 0
     data = json.loads((tmp_path / "feat-smoke" / "data.json").read_text())
     summary = (tmp_path / "feat-smoke" / "summary.md").read_text()
     assert data["augmented"] > 0 and "variants of the corpus' training sentences" in summary

@@ -15,6 +15,7 @@ from kdistill.losses.encoder import (
     relation_kl,
     self_relation,
     similarity_kl,
+    similarity_mse,
 )
 
 
@@ -81,6 +82,36 @@ def test_similarity_kl_hand_computed() -> None:
     expected = sum(pi * (math.log(pi) - qi) for pi, qi in zip(p, log_p_s, strict=True))
     assert float(similarity_kl(s, t, bank, 0.5)) == pytest.approx(expected, rel=1e-6)
     assert float(similarity_kl(t * 7, t, bank, 0.5)) == pytest.approx(0.0, abs=1e-7)  # same directions
+
+
+def test_similarity_mse_hand_computed_and_its_closed_form() -> None:
+    # anchors e1 and (e1 + e2)/sqrt2 (lengths do not matter); teacher along e1, student along e2:
+    # cosines teacher [1, 1/sqrt2], student [0, 1/sqrt2] -> squared differences [1, 0], mean 0.5
+    bank = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    t, s = torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 0.5]])
+    assert float(similarity_mse(s, t, bank)) == pytest.approx(0.5, rel=1e-6)
+    assert float(similarity_mse(t * 7, t, bank)) == pytest.approx(0.0, abs=1e-7)  # same directions
+    # e^T M e with M the normalised anchors' second moment, averaged over the rows
+    torch.manual_seed(4)
+    s, t, bank = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6), torch.randn(9, 6)
+    a = torch.nn.functional.normalize(bank.double(), dim=-1)
+    e = torch.nn.functional.normalize(s, dim=-1) - torch.nn.functional.normalize(t.double(), dim=-1)
+    closed = torch.einsum("id,de,ie->i", e, a.T @ a / len(a), e).mean()
+    assert float(similarity_mse(s, t, bank)) == pytest.approx(float(closed), rel=1e-12)
+    # an error partly across the anchors' span costs less than one of the same size along it
+    bank = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    t = torch.tensor([[1.0, 1.0, 0.0]])
+    across, along = torch.tensor([[1.0, 1.0, 0.5]]), torch.tensor([[1.0, 1.5, 0.0]])
+    assert float(similarity_mse(across, t, bank)) < float(similarity_mse(along, t, bank))
+
+
+def test_similarity_mse_gradients_reach_the_student_only_and_bad_input_is_named() -> None:
+    torch.manual_seed(3)
+    s, t, bank = (torch.randn(*shape, requires_grad=True) for shape in ((2, 4), (2, 4), (5, 4)))
+    similarity_mse(s, t, bank).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None and bank.grad is None
+    with pytest.raises(ValueError, match=r"similarity_mse needs .* bank \(5, 3\)"):
+        similarity_mse(s, t, torch.randn(5, 3))
 
 
 def test_similarity_kl_exclusion_equals_leaving_the_anchor_out() -> None:

@@ -124,8 +124,16 @@ class DistillConfig(StrictModel):
         "the teacher's training embeddings (CompRess/SEED): trains the order of each sentence's neighbours",
     )
     similarity_temperature: float = Field(0.05, gt=0, description="temperature of the similarity softmax")
+    similarity_mse: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the squared difference of the student's and the teacher's cosine similarities to "
+        "the bank's anchors: prices an embedding error by what it does to the sentence's similarities",
+    )
     similarity_bank: int | None = Field(
-        None, ge=2, description="training sentences in the bank, drawn once with seed 0 (null: all of them)"
+        None,
+        ge=2,
+        description="training sentences in the bank (similarity, similarity_mse), drawn once with seed 0 (null: all)",
     )
     retokenize: bool = Field(
         False, description="a student with its own tokenizer: tokenize the sentences once per model (embeddings only)"

@@ -32,6 +32,7 @@ from kdistill.losses.encoder import (
     masked_mse,
     minilm_relation_loss,
     similarity_kl,
+    similarity_mse,
     split_heads,
 )
 from kdistill.metrics import EvalResult
@@ -85,6 +86,7 @@ class EncoderDistiller(_EncoderObjective):
         relation_heads: int | None = None,
         similarity: float = 0.0,
         similarity_temperature: float = 0.05,
+        similarity_mse: float = 0.0,
         bank: torch.Tensor | None = None,
         bank_rows: torch.Tensor | None = None,
     ) -> None:
@@ -121,10 +123,13 @@ class EncoderDistiller(_EncoderObjective):
         self.adapters = nn.ModuleList(adapters)
         self.online = bool(t_specs) or cache is None
         self.similarity, self.similarity_temperature = similarity, similarity_temperature
-        if similarity > 0:
+        self.similarity_mse = similarity_mse
+        if similarity > 0 or similarity_mse > 0:
             bank = cache if bank is None else bank
             if bank is None:
-                raise ValueError("similarity > 0 needs a bank of teacher embeddings (or the teacher's cache)")
+                raise ValueError(
+                    "similarity or similarity_mse > 0 needs a bank of teacher embeddings (or the teacher's cache)"
+                )
             rows = torch.arange(len(bank)) if bank_rows is None else bank_rows
             if rows.shape != (len(bank),):
                 raise ValueError(f"bank_rows {tuple(rows.shape)} must give one training index per bank row")
@@ -181,6 +186,9 @@ class EncoderDistiller(_EncoderObjective):
             own = batch["index"][:, None] == self.bank_rows[None, :]  # each sentence out of its own softmax
             parts["similarity"] = similarity_kl(s_emb, t_emb, self.bank, self.similarity_temperature, own)
             loss = loss + self.similarity * parts["similarity"]
+        if self.similarity_mse > 0:
+            parts["similarity_mse"] = similarity_mse(s_emb, t_emb, self.bank)
+            loss = loss + self.similarity_mse * parts["similarity_mse"]
         return StepOutput(loss, s_emb, {k: v.detach() for k, v in parts.items()})
 
     def batch_loss(self, ids: torch.Tensor, start: int) -> torch.Tensor:

@@ -350,15 +350,16 @@ def _objective(run: EncoderRun, student: SentenceEncoder, role: str) -> nn.Modul
         relation_heads=d.relation_heads,
         similarity=d.similarity,
         similarity_temperature=d.similarity_temperature,
+        similarity_mse=d.similarity_mse,
         **_bank(run),
     )
 
 
 def _bank(run: EncoderRun) -> dict[str, torch.Tensor]:
-    """The similarity term's anchors: the teacher's embeddings of ``distill.similarity_bank`` training sentences
+    """The similarity terms' anchors: the teacher's embeddings of ``distill.similarity_bank`` training sentences
     (drawn once, the same for every student and seed), or of all of them."""
     d, train = run.cfg.distill, run.cache.get("train")
-    if d.similarity <= 0:
+    if d.similarity <= 0 and d.similarity_mse <= 0:
         return {}
     if train is None:  # the students are checked before the teacher's embeddings exist: a stand-in of its shape
         return {"bank": torch.zeros(2, run.teacher.dim)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from kdistill.lock import dir_lock
 from kdistill.models import build_model, count_params, load_weights_into, save_model_file
 from kdistill.teacher import FrozenTeacher, OnlineTeacher, TeacherSource, bf16_supported
 from kdistill.trainer import fit, predict
+from kdistill.tta import ShiftAveraged, shift_offsets
 
 
 def get_teacher(ctx: RunContext, tc: TeacherConfig | None = None, out: str = "teacher") -> TeacherInfo:
@@ -35,10 +37,18 @@ def get_teacher(ctx: RunContext, tc: TeacherConfig | None = None, out: str = "te
     trained into ``run_dir/<out>`` and cached for later runs."""
     cfg = ctx.cfg if tc is None else ctx.cfg.model_copy(update={"teacher": tc})
     if cfg.teacher.checkpoint:
-        return _load_teacher(ctx, cfg)
-    key = cfg.teacher_key() + ("-smoke" if ctx.smoke else "")
-    path = Path(cfg.teacher_cache_dir or Path(cfg.output_dir) / "_teachers") / key / "teacher.pt"
-    return _reuse_teacher(ctx, cfg, path) or _train_teacher(ctx, cfg, path, key, out)
+        info = _load_teacher(ctx, cfg)
+    else:
+        key = cfg.teacher_key() + ("-smoke" if ctx.smoke else "")
+        path = Path(cfg.teacher_cache_dir or Path(cfg.output_dir) / "_teachers") / key / "teacher.pt"
+        info = _reuse_teacher(ctx, cfg, path) or _train_teacher(ctx, cfg, path, key, out)
+    tta = cfg.teacher.tta
+    if tta is None:
+        return info
+    # Wrapped after saving: the teacher's file (and its training cache) holds the plain network.
+    model = ShiftAveraged(info.model, tta.shift, tta.pattern)
+    log(f"teacher: test-time augmentation, mean logits over {len(model.offsets)} views shifted by {tta.shift} px")
+    return replace(info, model=model)
 
 
 def _new_teacher(ctx: RunContext, cfg: ExperimentConfig) -> nn.Module:
@@ -164,7 +174,7 @@ def prepare_teacher(ctx: RunContext) -> dict:
         ctx,
         "teacher",
         ctx.cfg.seeds[0],
-        ctx.cfg.teacher.model.arch,
+        _teacher_arch(ctx.cfg.teacher),
         count_params(t.model),
         ctx.t_test,
         ctx.t_val,
@@ -175,6 +185,14 @@ def prepare_teacher(ctx: RunContext) -> dict:
     )
     log(f"teacher: test acc {row['test_acc']:.4f} ({row['test_errors']} errors)")
     return row
+
+
+def _teacher_arch(tc: TeacherConfig) -> str:
+    """The teacher row's architecture, with its test-time views when it has them."""
+    if tc.tta is None:
+        return tc.model.arch
+    views = len(shift_offsets(tc.tta.shift, tc.tta.pattern))
+    return f"{tc.model.arch} + tta ({views} views, {tc.tta.shift} px)"
 
 
 def frozen_from(ctx: RunContext, path: Path, spec: ModelSpec) -> FrozenTeacher:

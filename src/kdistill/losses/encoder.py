@@ -17,6 +17,11 @@
   sentence's softmax over its cosine similarities to a bank of anchor embeddings (the teacher's, of the training
   sentences), teacher against student. It trains the order of the neighbours, what retrieval with the student
   uses; matching each embedding alone (cosine) spends the student's capacity on what all sentences share.
+- :func:`similarity_mse`: the squared difference of the student's and the teacher's cosine similarities to the
+  same anchors, ``mean_{i,n} ((ŝ_i - t̂_i) · a_n)^2 = mean_i e_i^T M e_i`` with ``M`` the anchors' second
+  moment: the error ``e_i`` of a sentence costs what it does to its similarities with other sentences, so
+  errors inside the directions the sentences spread along (which reorder neighbours) cost more than errors
+  across them (which a cosine loss prices the same).
 """
 
 from __future__ import annotations
@@ -163,3 +168,16 @@ def similarity_kl(
         s, t = s.masked_fill(exclude, float("-inf")), t.masked_fill(exclude, float("-inf"))
     # excluded anchors: p = 0, no term
     return _kl_rows(F.log_softmax(t, dim=-1), F.log_softmax(s, dim=-1)).mean()
+
+
+def similarity_mse(student: torch.Tensor, teacher: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """``mean_{i, n} (cos(s_i, a_n) - cos(t_i, a_n))^2`` over the rows ``i`` of ``student`` and ``teacher``
+    ``[B, D]`` and the anchors ``a_n`` of ``bank`` ``[N, D]`` (treated as constants). Equal to
+    ``mean_i e_i^T M e_i`` with ``e_i = ŝ_i - t̂_i`` and ``M = mean_n â_n â_n^T``."""
+    if student.shape != teacher.shape or student.dim() != 2 or bank.dim() != 2 or bank.shape[1] != student.shape[1]:
+        shapes = f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)}, bank {tuple(bank.shape)}"
+        raise ValueError(f"similarity_mse needs [B, D] student and teacher embeddings and an [N, D] bank, got {shapes}")
+    dtype = float_dtype(student, teacher)
+    anchors = F.normalize(bank.detach().to(dtype), dim=-1)
+    err = F.normalize(student.to(dtype), dim=-1) - F.normalize(teacher.detach().to(dtype), dim=-1)
+    return (err @ anchors.T).pow(2).mean()

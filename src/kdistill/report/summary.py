@@ -98,9 +98,11 @@ def _md_results(summary: dict) -> list[str]:
     if cfg.get("description"):
         lines += ["", md_text(cfg["description"].strip())]
     t, s = cfg["teacher"]["model"], cfg["student"]["model"]
+    tta = cfg["teacher"].get("tta")  # summaries written before teacher.tta existed have no key
+    views = f" with test-time shifts {md_text(tta)}" if tta else ""
     lines += [
         "",
-        f"Dataset {md_text(cfg['data']['name'])}; teacher {md_text(t['arch'])} {md_text(t['kwargs'])}; student "
+        f"Dataset {md_text(cfg['data']['name'])}; teacher {md_text(t['arch'])} {md_text(t['kwargs'])}{views}; student "
         f"{md_text(s['arch'])} {md_text(s['kwargs'])}; KD T={cfg['kd']['T']}, alpha={cfg['kd']['alpha']}, "
         f"transfer set: {cfg['kd']['transfer']}; seeds {cfg['seeds']}.",
         *(["", md_text(line)] if (line := data_line(summary)) else []),
