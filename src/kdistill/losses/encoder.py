@@ -143,6 +143,22 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05) -> tor
     return F.cross_entropy(sim, torch.arange(len(a), device=a.device))
 
 
+def _unit_rows(
+    name: str, student: torch.Tensor, teacher: torch.Tensor, bank: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bank terms' inputs, checked and as unit rows in one float dtype: student ``[B, D]``, teacher ``[B, D]``
+    and anchors ``[N, D]`` (teacher and anchors detached: constants)."""
+    if student.shape != teacher.shape or student.dim() != 2 or bank.dim() != 2 or bank.shape[1] != student.shape[1]:
+        shapes = f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)}, bank {tuple(bank.shape)}"
+        raise ValueError(f"{name} needs [B, D] student and teacher embeddings and an [N, D] bank, got {shapes}")
+    dtype = float_dtype(student, teacher)
+    return (
+        F.normalize(student.to(dtype), dim=-1),
+        F.normalize(teacher.detach().to(dtype), dim=-1),
+        F.normalize(bank.detach().to(dtype), dim=-1),
+    )
+
+
 def similarity_kl(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -154,14 +170,9 @@ def similarity_kl(
     ``student`` and ``teacher`` ``[B, D]``; ``bank`` ``[N, D]`` holds the anchors (treated as constants).
     ``exclude`` ``[B, N]`` (bool) drops anchors from a row's softmax, e.g. the sentence itself, whose similarity
     to its own teacher embedding is 1 for the teacher and would swamp its distribution."""
-    if student.shape != teacher.shape or student.dim() != 2 or bank.dim() != 2 or bank.shape[1] != student.shape[1]:
-        shapes = f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)}, bank {tuple(bank.shape)}"
-        raise ValueError(f"similarity_kl needs [B, D] student and teacher embeddings and an [N, D] bank, got {shapes}")
+    s_unit, t_unit, anchors = _unit_rows("similarity_kl", student, teacher, bank)
     check_temperature(temperature)
-    dtype = float_dtype(student, teacher)
-    anchors = F.normalize(bank.detach().to(dtype), dim=-1)
-    s = F.normalize(student.to(dtype), dim=-1) @ anchors.T / temperature
-    t = F.normalize(teacher.detach().to(dtype), dim=-1) @ anchors.T / temperature
+    s, t = s_unit @ anchors.T / temperature, t_unit @ anchors.T / temperature
     if exclude is not None:
         if exclude.shape != s.shape:
             raise ValueError(f"exclude must be [B, N] = {tuple(s.shape)}, got {tuple(exclude.shape)}")
@@ -174,10 +185,5 @@ def similarity_mse(student: torch.Tensor, teacher: torch.Tensor, bank: torch.Ten
     """``mean_{i, n} (cos(s_i, a_n) - cos(t_i, a_n))^2`` over the rows ``i`` of ``student`` and ``teacher``
     ``[B, D]`` and the anchors ``a_n`` of ``bank`` ``[N, D]`` (treated as constants). Equal to
     ``mean_i e_i^T M e_i`` with ``e_i = ŝ_i - t̂_i`` and ``M = mean_n â_n â_n^T``."""
-    if student.shape != teacher.shape or student.dim() != 2 or bank.dim() != 2 or bank.shape[1] != student.shape[1]:
-        shapes = f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)}, bank {tuple(bank.shape)}"
-        raise ValueError(f"similarity_mse needs [B, D] student and teacher embeddings and an [N, D] bank, got {shapes}")
-    dtype = float_dtype(student, teacher)
-    anchors = F.normalize(bank.detach().to(dtype), dim=-1)
-    err = F.normalize(student.to(dtype), dim=-1) - F.normalize(teacher.detach().to(dtype), dim=-1)
-    return (err @ anchors.T).pow(2).mean()
+    s_unit, t_unit, anchors = _unit_rows("similarity_mse", student, teacher, bank)
+    return ((s_unit - t_unit) @ anchors.T).pow(2).mean()
