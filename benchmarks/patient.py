@@ -70,6 +70,16 @@ RECIPES: dict[str, Recipe] = {
         ("roles=[kd]", "teacher.tta={}"),
         "CE + logit KD (T 2, α 0.5) from the teacher's mean logits over the image and its four 1-pixel shifts",
     ),
+    "kd_tta9": Recipe(
+        "patient.yaml",
+        ("roles=[kd]",),
+        "CE + logit KD (T 2, α 0.5) from the teacher's mean logits over all nine 1-pixel offsets",
+    ),
+    "ensemble": Recipe(
+        "patient_ensemble.yaml",
+        ("roles=[multi_teacher]",),
+        "CE + KD (T 2, α 0.5) from the mean soft targets of two view-averaged teachers (9 + 10 views)",
+    ),
     "fm_mixup": Recipe(
         "hinton.yaml",
         ("roles=[kd]", "kd.alpha=1", "student.train.augment={mixup: 0.2}"),

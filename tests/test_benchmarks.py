@@ -80,13 +80,19 @@ def test_patient_smoke_compares_recipes_at_equal_budgets(tmp_path: Path, monkeyp
     skip_without_fashion()
     monkeypatch.chdir(ROOT)
     p = _load("patient")
-    recipes = ["scratch", "kd", "kd_tta", "fm_mixup"]
+    recipes = ["scratch", "kd", "kd_tta", "ensemble", "fm_mixup"]
     res = p.run_all(recipes, [1], [0], 1, 1, tmp_path, smoke=True, reuse=False, views=(2,))
     table = {r["recipe"]: r for r in res["table"]}
     assert list(table) == recipes and all(r["budget"] == 1 for r in res["table"])
     tta = json.loads((tmp_path / "kd_tta_e1-smoke" / "summary.json").read_text())
-    assert tta["config"]["teacher"]["tta"] == {"shift": 1, "pattern": "plus"}
+    assert tta["config"]["teacher"]["tta"] == {"shift": 1, "pattern": "plus", "flip": False}
     assert tta["rows"][0]["arch"] == "cnn + tta (5 views, 1 px)"
+    # the ensemble's student names both teachers, the second with its mirrored views
+    ens = json.loads((tmp_path / "ensemble_e1-smoke" / "summary.json").read_text())
+    student = next(r for r in ens["rows"] if r["role"] == "multi_teacher")
+    assert [t["name"] for t in student["teachers"]] == ["teacher", "multi_teacher.teachers[0]"]
+    assert ens["config"]["multi_teacher"]["teachers"][0]["tta"] == {"shift": 1, "pattern": "plus", "flip": True}
+    assert ens["rows"][0]["arch"] == "cnn + tta (9 views, 1 px)"
     assert table["kd"]["delta_scratch"] == pytest.approx(
         table["kd"]["test_acc_mean"] - table["scratch"]["test_acc_mean"]
     )

@@ -40,10 +40,30 @@ def test_mean_over_shifted_views_by_hand() -> None:
     assert torch.allclose(ShiftAveraged(nn.Flatten(), 1, "grid")(flat), flat.flatten(1))
 
 
+def test_mirrored_views_by_hand() -> None:
+    # one row [1, 2, 6]: its mirror is [6, 2, 1]; with shift 1 along x only the plus pattern's (0, +-1) views move it
+    x = torch.tensor([[[[1.0, 2.0, 6.0]]]])
+    plain = ShiftAveraged(nn.Flatten(), 1, "plus")
+    mirrored = ShiftAveraged(nn.Flatten(), 1, "plus", flip=True)
+    assert plain.views == 5 and mirrored.views == 10
+    # the mean over the views of the image and of its mirror is symmetric, and is the mean of the two plain means
+    out = mirrored(x)
+    assert torch.allclose(out, out.flip(-1))
+    assert torch.allclose(out, (plain(x) + plain(x.flip(-1))) / 2)
+    # by hand: pad with the minimum (1); rows up/down are all background [1, 1, 1]; left/right shifts move the row
+    views = [[1, 2, 6], [1, 1, 1], [1, 1, 1], [2, 6, 1], [1, 1, 2]]
+    mean_plain = torch.tensor(views, dtype=torch.float).mean(0)
+    assert torch.allclose(plain(x), mean_plain[None])
+    assert torch.allclose(out, ((mean_plain + mean_plain.flip(0)) / 2)[None])
+
+
 def test_views_enter_the_fingerprint_and_bad_inputs_are_named() -> None:
     net = nn.Linear(4, 2)
     plus, grid = ShiftAveraged(net, 1, "plus"), ShiftAveraged(net, 1, "grid")
-    assert len({state_fingerprint(net), state_fingerprint(plus), state_fingerprint(grid)}) == 3
+    mirrored = ShiftAveraged(net, 1, "plus", flip=True)
+    assert len({state_fingerprint(m) for m in (net, plus, grid, mirrored)}) == 4
+    # without flips the state is what it was before flips existed: the caches built then keep their keys
+    assert set(plus.state_dict()) == {"offsets", "model.weight", "model.bias"}
     with pytest.raises(ValueError, match=r"shifts images \[B, C, H, W\], got inputs of shape \(3, 4\)"):
         plus(torch.randn(3, 4))
 
@@ -57,7 +77,7 @@ def test_a_run_with_a_tta_teacher(tmp_path: Path) -> None:
     assert t_tta["source"] == "reused" and t_tta["test_acc"] != t_plain["test_acc"]
     assert t_plain["arch"] == "mlp" and t_tta["arch"] == "mlp + tta (5 views, 1 px)"
     md = (tmp_path / "tta" / "summary.md").read_text()
-    assert "with test-time shifts {'shift': 1, 'pattern': 'plus'}; student" in md
+    assert "with test-time shifts {'shift': 1, 'pattern': 'plus', 'flip': False}; student" in md
     assert "test-time shifts" not in (tmp_path / "plain" / "summary.md").read_text()
     kd_plain, kd_tta = plain["rows"][1], tta["rows"][1]
     assert kd_plain["role"] == kd_tta["role"] == "kd" and kd_plain["test_nll"] != kd_tta["test_nll"]
@@ -68,3 +88,12 @@ def test_tta_refuses_terms_that_read_inner_teacher_layers(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match=r"teacher.tta averages .* terms \['fitnet'\] read its inner layers"):
         load_config(None, [*synthetic_overrides(tmp_path), "teacher.tta={shift: 1}", term])
     load_config(None, [*synthetic_overrides(tmp_path), "teacher.tta={pattern: grid}", "terms=[{method: dkd}]"])
+
+
+def test_teacher_row_names_its_views() -> None:
+    from kdistill.config import TeacherConfig
+    from kdistill.experiment.teachers import _teacher_arch
+
+    assert _teacher_arch(TeacherConfig()) == "cnn"
+    assert _teacher_arch(TeacherConfig(tta={"pattern": "grid"})) == "cnn + tta (9 views, 1 px)"
+    assert _teacher_arch(TeacherConfig(tta={"pattern": "grid", "flip": True})) == "cnn + tta (18 views, 1 px, mirrored)"

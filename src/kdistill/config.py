@@ -310,6 +310,9 @@ class TTAConfig(StrictModel):
     pattern: Literal["plus", "grid"] = Field(
         "plus", description="plus: the image and its 4 shifts (5 views); grid: all 9 offsets in {-shift, 0, shift}^2"
     )
+    flip: bool = Field(
+        False, description="also each view's mirror image (twice the views): for a teacher trained with flips"
+    )
 
 
 class TeacherConfig(StrictModel):

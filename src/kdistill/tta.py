@@ -33,14 +33,24 @@ def shift_offsets(shift: int, pattern: Pattern) -> list[tuple[int, int]]:
 
 
 class ShiftAveraged(nn.Module):
-    """``model``'s logits averaged over shifted views of each image (inputs ``[B, C, H, W]``)."""
+    """``model``'s logits averaged over shifted views of each image (inputs ``[B, C, H, W]``); with ``flip``, over
+    those views and their mirror images (twice as many: for a network trained with horizontal flips)."""
 
-    def __init__(self, model: nn.Module, shift: int = 1, pattern: Pattern = "plus") -> None:
+    def __init__(self, model: nn.Module, shift: int = 1, pattern: Pattern = "plus", flip: bool = False) -> None:
         super().__init__()
         self.model, self.shift = model, shift
-        # A buffer, so that the views enter the state dict and with it every cache key of this teacher's outputs.
+        # Buffers, so that the views enter the state dict and with it every cache key of this teacher's outputs;
+        # "mirror" exists only with flips, so a teacher without them keeps the keys its caches were built under.
         offsets = torch.tensor(shift_offsets(shift, pattern), dtype=torch.int16)
         self.register_buffer("offsets", offsets)
+        if flip:
+            self.register_buffer("mirror", torch.ones((), dtype=torch.int16))
+        self.flips = [0, 1] if flip else [0]
+
+    @property
+    def views(self) -> int:
+        """How many views each image is answered from."""
+        return len(self.offsets) * len(self.flips)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
@@ -51,9 +61,11 @@ class ShiftAveraged(nn.Module):
         # apply_params crops a copy padded by `shift` at (dy, dx) in [0, 2 * shift]: offset 0 is `shift`.
         params = torch.zeros(len(x), 3, dtype=torch.int16, device=x.device)
         total = None
-        for dy, dx in self.offsets.tolist():
-            params[:, 0], params[:, 1] = self.shift + dy, self.shift + dx
-            out = self.model(apply_params(x, params, self.shift))
-            total = out if total is None else total + out
+        for flip in self.flips:
+            params[:, 2] = flip
+            for dy, dx in self.offsets.tolist():
+                params[:, 0], params[:, 1] = self.shift + dy, self.shift + dx
+                out = self.model(apply_params(x, params, self.shift))
+                total = out if total is None else total + out
         assert total is not None
-        return total / len(self.offsets)
+        return total / self.views

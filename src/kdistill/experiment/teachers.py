@@ -46,8 +46,9 @@ def get_teacher(ctx: RunContext, tc: TeacherConfig | None = None, out: str = "te
     if tta is None:
         return info
     # Wrapped after saving: the teacher's file (and its training cache) holds the plain network.
-    model = ShiftAveraged(info.model, tta.shift, tta.pattern)
-    log(f"teacher: test-time augmentation, mean logits over {len(model.offsets)} views shifted by {tta.shift} px")
+    model = ShiftAveraged(info.model, tta.shift, tta.pattern, tta.flip)
+    mirrored = ", with their mirror images" if tta.flip else ""
+    log(f"teacher: test-time augmentation, mean logits over {model.views} views shifted by {tta.shift} px{mirrored}")
     return replace(info, model=model)
 
 
@@ -191,8 +192,9 @@ def _teacher_arch(tc: TeacherConfig) -> str:
     """The teacher row's architecture, with its test-time views when it has them."""
     if tc.tta is None:
         return tc.model.arch
-    views = len(shift_offsets(tc.tta.shift, tc.tta.pattern))
-    return f"{tc.model.arch} + tta ({views} views, {tc.tta.shift} px)"
+    views = len(shift_offsets(tc.tta.shift, tc.tta.pattern)) * (2 if tc.tta.flip else 1)
+    mirrored = ", mirrored" if tc.tta.flip else ""
+    return f"{tc.model.arch} + tta ({views} views, {tc.tta.shift} px{mirrored})"
 
 
 def frozen_from(ctx: RunContext, path: Path, spec: ModelSpec) -> FrozenTeacher:
