@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from kdistill.caches import state_fingerprint
-from kdistill.config import ConfigError, load_config
+from kdistill.config import ConfigError, TeacherConfig, load_config
 from kdistill.experiment.run import run_experiment
-from kdistill.tta import ShiftAveraged, shift_offsets
+from kdistill.experiment.teachers import _teacher_arch
+from kdistill.tta import ShiftAveraged, shift_offsets, view_count
 from tests.helpers import synthetic_overrides
 
 
@@ -45,7 +46,7 @@ def test_mirrored_views_by_hand() -> None:
     x = torch.tensor([[[[1.0, 2.0, 6.0]]]])
     plain = ShiftAveraged(nn.Flatten(), 1, "plus")
     mirrored = ShiftAveraged(nn.Flatten(), 1, "plus", flip=True)
-    assert plain.views == 5 and mirrored.views == 10
+    assert plain.views == 5 == view_count(1, "plus") and mirrored.views == 10 == view_count(1, "plus", flip=True)
     # the mean over the views of the image and of its mirror is symmetric, and is the mean of the two plain means
     out = mirrored(x)
     assert torch.allclose(out, out.flip(-1))
@@ -91,9 +92,6 @@ def test_tta_refuses_terms_that_read_inner_teacher_layers(tmp_path: Path) -> Non
 
 
 def test_teacher_row_names_its_views() -> None:
-    from kdistill.config import TeacherConfig
-    from kdistill.experiment.teachers import _teacher_arch
-
     assert _teacher_arch(TeacherConfig()) == "cnn"
     assert _teacher_arch(TeacherConfig(tta={"pattern": "grid"})) == "cnn + tta (9 views, 1 px)"
     assert _teacher_arch(TeacherConfig(tta={"pattern": "grid", "flip": True})) == "cnn + tta (18 views, 1 px, mirrored)"

@@ -32,6 +32,11 @@ def shift_offsets(shift: int, pattern: Pattern) -> list[tuple[int, int]]:
     raise ValueError(f"unknown tta pattern {pattern!r}; use plus (5 views) or grid (9 views)")
 
 
+def view_count(shift: int, pattern: Pattern, flip: bool = False) -> int:
+    """How many views :class:`ShiftAveraged` answers each image from with these settings."""
+    return len(shift_offsets(shift, pattern)) * (2 if flip else 1)
+
+
 class ShiftAveraged(nn.Module):
     """``model``'s logits averaged over shifted views of each image (inputs ``[B, C, H, W]``); with ``flip``, over
     those views and their mirror images (twice as many: for a network trained with horizontal flips)."""

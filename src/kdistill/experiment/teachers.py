@@ -29,7 +29,7 @@ from kdistill.lock import dir_lock
 from kdistill.models import build_model, count_params, load_weights_into, save_model_file
 from kdistill.teacher import FrozenTeacher, OnlineTeacher, TeacherSource, bf16_supported
 from kdistill.trainer import fit, predict
-from kdistill.tta import ShiftAveraged, shift_offsets
+from kdistill.tta import ShiftAveraged, view_count
 
 
 def get_teacher(ctx: RunContext, tc: TeacherConfig | None = None, out: str = "teacher") -> TeacherInfo:
@@ -192,7 +192,7 @@ def _teacher_arch(tc: TeacherConfig) -> str:
     """The teacher row's architecture, with its test-time views when it has them."""
     if tc.tta is None:
         return tc.model.arch
-    views = len(shift_offsets(tc.tta.shift, tc.tta.pattern)) * (2 if tc.tta.flip else 1)
+    views = view_count(tc.tta.shift, tc.tta.pattern, tc.tta.flip)
     mirrored = ", mirrored" if tc.tta.flip else ""
     return f"{tc.model.arch} + tta ({views} views, {tc.tta.shift} px{mirrored})"
 
