@@ -80,7 +80,7 @@ def test_patient_smoke_compares_recipes_at_equal_budgets(tmp_path: Path, monkeyp
     skip_without_fashion()
     monkeypatch.chdir(ROOT)
     p = _load("patient")
-    recipes = ["scratch", "kd", "kd_tta", "ensemble", "fm_mixup"]
+    recipes = ["scratch", "kd", "kd_tta", "ensemble", "fm_mixup", "scratch_ema", "kd_tta9_ema"]
     res = p.run_all(recipes, [1], [0], 1, 1, tmp_path, smoke=True, reuse=False, views=(2,))
     table = {r["recipe"]: r for r in res["table"]}
     assert list(table) == recipes and all(r["budget"] == 1 for r in res["table"])
@@ -96,6 +96,13 @@ def test_patient_smoke_compares_recipes_at_equal_budgets(tmp_path: Path, monkeyp
     assert table["kd"]["delta_scratch"] == pytest.approx(
         table["kd"]["test_acc_mean"] - table["scratch"]["test_acc_mean"]
     )
+    # weight averaging is measured against scratch averaged the same way, and both runs really average
+    ema = table["kd_tta9_ema"]
+    assert ema["baseline"] == "scratch_ema" and table["scratch_ema"]["delta_scratch"] is None
+    assert ema["delta_scratch"] == pytest.approx(ema["test_acc_mean"] - table["scratch_ema"]["test_acc_mean"])
+    for name in ("scratch_ema", "kd_tta9_ema"):
+        cfg = json.loads((tmp_path / f"{name}_e1-smoke" / "summary.json").read_text())["config"]
+        assert cfg["student"]["train"]["ema"] == 0.999
     fm = json.loads(
         (tmp_path / "fm_mixup_e1-smoke" / "summary.json")  # smoke runs get their own directory
         .read_text()
@@ -109,6 +116,33 @@ def test_patient_smoke_compares_recipes_at_equal_budgets(tmp_path: Path, monkeyp
     assert cost["views"] == 2 and cost["mib_55k"] == pytest.approx(55_000 * (2 * (10 * 2 + 3 * 2) + 8) / 2**20)
     md = p.markdown(res)
     assert "Goal (≥ 92.0 %" in md and "- K = 2:" in md
+
+
+def test_cross_fit_labels_every_image_by_the_teacher_that_did_not_train_on_it(tmp_path: Path) -> None:
+    skip_without_fashion()
+    import torch
+
+    from kdistill.io import safe_load
+    from kdistill.models import load_weights_into
+    from kdistill.trainer import predict
+    from kdistill.tta import ShiftAveraged
+
+    cf = _load("cross_fit")
+    res = cf.main(["--smoke", "--folds", "2", "--jobs", "1", "--out", str(tmp_path)])
+    saved = safe_load(Path(res["slot"]))
+    cfg = cf.load_config(cf.CONFIG)
+    ts = cf._data(cfg, smoke=True).transfer_set
+    assert torch.equal(saved["index"], ts.index) and saved["logits"].shape == (len(ts), 10)
+    held = cf.held_out(len(ts), 2)
+    assert sorted(torch.cat(held).tolist()) == list(range(len(ts)))  # a partition: every image labelled once
+    for k, rows in enumerate(held):
+        model = cf._teacher(cfg, cf._data(cfg, smoke=True))
+        load_weights_into(model, tmp_path / f"fold{k}" / "best.pt")
+        expected = predict(ShiftAveraged(model, 1, "grid"), ts.take(rows))
+        assert torch.allclose(saved["logits"][rows], expected, atol=1e-5)
+        assert res["fold_train_rows"][k] == len(ts) - len(rows)  # trained on the other fold only
+    with pytest.raises(SystemExit):
+        cf.main(["--folds", "1", "--out", str(tmp_path)])
 
 
 def test_regression_benchmark_smoke_collects_every_config(tmp_path: Path) -> None:

@@ -106,6 +106,13 @@ class TrainConfig(StrictModel):
         description="channels_last: conv weights stored NHWC, which oneDNN's CPU convolutions run faster (same "
         "arithmetic, other rounding)",
     )
+    ema: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="decay of an exponential moving average of the weights (0.999: about the last 1,000 steps); "
+        "validation, the kept epoch and the saved model use the averaged weights. null: the weights as trained",
+    )
     batching: Literal["random", "by_length"] = Field(
         "random",
         description="by_length: rows of similar length (sentences) in one batch, batches in random order; each "
@@ -123,6 +130,7 @@ class TrainConfig(StrictModel):
             ("memory_format", "contiguous"),
             ("validations", None),
             ("batching", "random"),
+            ("ema", None),
         )
         for name, default in defaults:
             if d[name] == default:

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from torch import nn
 
 from kdistill import dist
 from kdistill.augment import Augmenter
+from kdistill.averaging import WeightAverage
 from kdistill.config import TrainConfig, config_diff
 from kdistill.data import Batch, BatchLoader, Split
 from kdistill.data.loader import INFERENCE_BATCH, RowBuffer
@@ -198,7 +199,8 @@ def fit(
     the weights with the best validation accuracy
     (or the lowest validation NLL, ``cfg.select = "nll"``: language models; or simply the last epoch's,
     ``"last"``: students with a label budget) are kept (and restored into the
-    model at the end), so model selection never looks at test data.
+    model at the end), so model selection never looks at test data. With ``cfg.ema`` every validation, and so the
+    kept weights, are those of the weights' moving average (:mod:`kdistill.averaging`).
     With ``out_dir``, writes ``metrics.jsonl``, ``metrics.csv``, ``best.pt`` and ``last.pt`` there;
     ``last.pt`` holds everything needed to continue exactly (``resume=True``): weights, the objective's
     own state, optimizer, scheduler, RNG states, history and best-so-far, at the end of each epoch (of every
@@ -289,6 +291,8 @@ class _Fit:
         # Training sums of the epochs since the last validation (its row averages over them), kept in last.pt
         self.pending: dict = {"sums": {}, "correct": 0, "seen": 0, "epochs": 0}
         self.saved_epoch = 0  # the epoch that last.pt ends (what a resume continues from)
+        # train.ema: validation, the kept epoch and best.pt see the averaged weights; last.pt keeps both
+        self.ema = WeightAverage(self.model, cfg.ema) if cfg.ema is not None else None
         self.last_loss: float | None = None  # for the message when a loss turns non-finite
 
     # ------------------------------------------------------------------ restore
@@ -313,6 +317,8 @@ class _Fit:
         self.best_acc, self.best_epoch, self.best_state = float(ck["best_acc"]), int(ck["best_epoch"]), ck["best_state"]
         self.best_nll = float(ck.get("best_nll", math.inf))
         self.pending = ck.get("pending", self.pending)
+        if self.ema is not None:
+            self.ema.load_state_dict(ck["ema"])
         if self.verbose and dist.is_main():
             print(f"  {self.desc}: resumed from {last} after epoch {self.start}/{self.cfg.epochs}", flush=True)
 
@@ -367,6 +373,8 @@ class _Fit:
         out.loss.backward()
         self.opt.step()
         self.sched.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         _maybe_kill()
         return out, value
 
@@ -402,9 +410,14 @@ class _Fit:
         n_rows = len(self.loader) * self.loader.batch_size if self.loader.drop_last else len(self.train)
         n_rows *= pend["epochs"]
         dist.sync_buffers(self.model)  # every rank evaluates rank 0's model: same numbers, same best epoch
-        v = self.objective.validate(self.val, self.cfg.eval_batch_size)
-        if v is None:
-            v = evaluate(self.model, self.val, self.cfg.eval_batch_size)
+        with self.ema.applied(self.model) if self.ema is not None else nullcontext():
+            v = self.objective.validate(self.val, self.cfg.eval_batch_size)
+            if v is None:
+                v = evaluate(self.model, self.val, self.cfg.eval_batch_size)
+            select = self.cfg.select
+            better = v.acc > self.best_acc if select == "acc" else v.nll < self.best_nll if select == "nll" else True
+            # copied inside the block: leaving it copies the trained weights back into these very tensors
+            state = {k: t.detach().clone() for k, t in self.model.state_dict().items()} if better else None
         row = {"epoch": epoch + 1, **{f"train_{k}": s / n_rows for k, s in pend["sums"].items()}}
         row["train_acc"] = pend["correct"] / pend["seen"] if pend["seen"] else float("nan")
         self.pending = {"sums": {}, "correct": 0, "seen": 0, "epochs": 0}
@@ -412,11 +425,9 @@ class _Fit:
         row["lr"] = self.opt.param_groups[0]["lr"]
         row["seconds"] = round(self.seconds, 3)
         self.history.append(row)
-        select = self.cfg.select
-        better = v.acc > self.best_acc if select == "acc" else v.nll < self.best_nll if select == "nll" else True
         if better:
             self.best_acc, self.best_nll, self.best_epoch = v.acc, v.nll, epoch + 1
-            self.best_state = {k: t.detach().clone() for k, t in self.model.state_dict().items()}
+            self.best_state = state
             if self.writes:
                 best = {"state_dict": self.best_state, "objective_state": objective_state(self.objective)}
                 atomic_save({**best, "epoch": epoch + 1, "val_acc": v.acc}, self.out_dir / "best.pt")
@@ -451,6 +462,7 @@ class _Fit:
             "best_state": self.best_state,
             "pending": self.pending,
             "fingerprint": self.fingerprint,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def write_metrics(self) -> None:

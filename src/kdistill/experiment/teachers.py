@@ -285,12 +285,9 @@ def shared_file(root: Path, kind: str, parts: Sequence[str | bytes], compute: Ca
     ``<kind>/`` lets one process compute a missing one while the others wait (one lock per kind: a worker
     reading predictions never waits for another process's transfer-set logits); whether the result was read back
     is the second value."""
-    h = hashlib.sha256(f"{kind}:{CACHE_FORMAT}".encode())
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else part.encode())
-    directory = root / kind
+    path = shared_path(root, kind, parts)
+    directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{h.hexdigest()[:24]}.pt"
     # atomic_save renames whole files into place: a reader needs no lock, and never waits while another process
     # computes a different entry (a transfer set's takes minutes); a damaged entry is rebuilt under the lock
     if (got := _read(path, say=False)) is not None:
@@ -301,6 +298,14 @@ def shared_file(root: Path, kind: str, parts: Sequence[str | bytes], compute: Ca
         got = compute()
         atomic_save(got, path)
         return got, False
+
+
+def shared_path(root: Path, kind: str, parts: Sequence[str | bytes]) -> Path:
+    """Where :func:`shared_file` keeps the entry of ``parts``: ``<root>/<kind>/<hash of parts>.pt``."""
+    h = hashlib.sha256(f"{kind}:{CACHE_FORMAT}".encode())
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else part.encode())
+    return root / kind / f"{h.hexdigest()[:24]}.pt"
 
 
 def _read(path: Path, say: bool) -> dict | None:
