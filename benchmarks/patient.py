@@ -10,7 +10,8 @@ for each budget (student epochs) every recipe trains the same seeds for exactly 
 "KD − scratch" compares equal training. Recipes: the scratch student, vanilla KD (hinton.yaml), the
 logit-method configs (logit_std.yaml, wttm.yaml, ctkd.yaml), KD on ``K`` cached shifted views, and
 function matching with mixup (the teacher runs online on exactly the mixed batch, kd.alpha = 1), and
-weight averaging (``train.ema``), whose KD row is measured against scratch with the same averaging.
+weight averaging (``train.ema``) and ±1-pixel shifts on the 9-view teacher's cached views, each KD row
+measured against scratch trained the same way (its ``baseline``).
 Each (recipe, budget) is one run directory ``<out>/<recipe>_e<budget>``; ``--reuse`` takes a finished one
 whose resolved config is unchanged, and the table then names the machine, torch and threads that *trained*
 it (from its own summary), not the machine that assembled the table. ``--jobs N`` trains N runs at once,
@@ -90,6 +91,18 @@ RECIPES: dict[str, Recipe] = {
         ("roles=[kd]", "student.train.ema=0.999"),
         "kd_tta9, the weights' moving average (0.999) validated and kept",
         baseline="scratch_ema",
+    ),
+    "scratch_shift1": Recipe(
+        "hinton.yaml",
+        ("roles=[scratch]", "student.train.augment={shift: 1}"),
+        "CE alone, no teacher, on ±1-pixel shifts",
+        baseline=None,
+    ),
+    "kd_tta9_views": Recipe(
+        "patient.yaml",
+        ("roles=[kd]", "student.train.augment={shift: 1}", "kd.cache.views=4"),
+        "kd_tta9 on ±1-pixel shifts, the 9-view teacher cached on 4 shifted views per image",
+        baseline="scratch_shift1",
     ),
     "ensemble": Recipe(
         "patient_ensemble.yaml",

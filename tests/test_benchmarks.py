@@ -80,7 +80,7 @@ def test_patient_smoke_compares_recipes_at_equal_budgets(tmp_path: Path, monkeyp
     skip_without_fashion()
     monkeypatch.chdir(ROOT)
     p = _load("patient")
-    recipes = ["scratch", "kd", "kd_tta", "ensemble", "fm_mixup", "scratch_ema", "kd_tta9_ema"]
+    recipes = ["scratch", "kd", "kd_tta", "ensemble", "fm_mixup", "scratch_ema", "kd_tta9_ema", "kd_tta9_views"]
     res = p.run_all(recipes, [1], [0], 1, 1, tmp_path, smoke=True, reuse=False, views=(2,))
     table = {r["recipe"]: r for r in res["table"]}
     assert list(table) == recipes and all(r["budget"] == 1 for r in res["table"])
@@ -103,6 +103,10 @@ def test_patient_smoke_compares_recipes_at_equal_budgets(tmp_path: Path, monkeyp
     for name in ("scratch_ema", "kd_tta9_ema"):
         cfg = json.loads((tmp_path / f"{name}_e1-smoke" / "summary.json").read_text())["config"]
         assert cfg["student"]["train"]["ema"] == 0.999
+    views = table["kd_tta9_views"]  # its baseline (scratch on the same shifts) is not in this invocation: no Δ
+    assert views["baseline"] == "scratch_shift1" and views["delta_scratch"] is None
+    cfg = json.loads((tmp_path / "kd_tta9_views_e1-smoke" / "summary.json").read_text())["config"]
+    assert cfg["kd"]["cache"]["views"] == 4 and cfg["student"]["train"]["augment"]["shift"] == 1
     fm = json.loads(
         (tmp_path / "fm_mixup_e1-smoke" / "summary.json")  # smoke runs get their own directory
         .read_text()
