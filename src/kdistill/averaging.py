@@ -32,21 +32,19 @@ class WeightAverage:
         self.decay = decay
         self.updates = 0
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def _float_pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        current = model.state_dict()
-        keys = [k for k, v in self.state.items() if v.is_floating_point()]
-        return [self.state[k] for k in keys], [current[k].detach() for k in keys]
+        # Which entries are averaged and which copied is fixed by the model: decided once, not at every step
+        self._averaged = [k for k, v in self.state.items() if v.is_floating_point()]
+        self._copied = [k for k, v in self.state.items() if not v.is_floating_point()]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        avg, now = self._float_pairs(model)
-        torch._foreach_lerp_(avg, now, 1.0 - d)  # avg += (1 - d)(now - avg), one fused pass over all tensors
-        current = model.state_dict()
-        for k, v in self.state.items():
-            if not v.is_floating_point():
-                v.copy_(current[k])
+        current = model.state_dict()  # once per step: this runs after every optimizer step
+        avg = [self.state[k] for k in self._averaged]
+        # avg += (1 - d)(now - avg), one fused pass over all tensors
+        torch._foreach_lerp_(avg, [current[k] for k in self._averaged], 1.0 - d)
+        for k in self._copied:
+            self.state[k].copy_(current[k])
         self.updates += 1
 
     @contextmanager
