@@ -33,13 +33,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from kdistill.caches import state_fingerprint  # noqa: E402
 from kdistill.config import load_config  # noqa: E402
 from kdistill.data import load_data  # noqa: E402
-from kdistill.data.store import fingerprint  # noqa: E402
 from kdistill.distiller import Supervised  # noqa: E402
 from kdistill.environment import environment  # noqa: E402
-from kdistill.experiment.teachers import shared_path  # noqa: E402
+from kdistill.experiment.teachers import shared_path, transfer_logits_key  # noqa: E402
 from kdistill.io import atomic_save, atomic_write_text  # noqa: E402
 from kdistill.metrics import score  # noqa: E402
 from kdistill.models import build_model, load_weights_into  # noqa: E402
@@ -135,15 +133,13 @@ def main(argv: list[str] | None = None) -> dict:
     logits = torch.empty(len(ts), data.num_classes)
     for r in results:
         logits[r["held"]] = r["logits"]
-    # The slot patient.yaml's run reads: the shipped teacher inside its 9-view average, keyed as
-    # kdistill.experiment.teachers._logit_cache keys it (weights, the images' bytes, their indices).
+    # The slot patient.yaml's run reads: the shipped teacher inside its 9-view average, keyed as the run keys it
     shipped = _teacher(cfg, data)
     load_weights_into(shipped, ROOT / str(cfg.teacher.checkpoint))
     tta = ShiftAveraged(shipped, cfg.teacher.tta.shift, cfg.teacher.tta.pattern, cfg.teacher.tta.flip)
-    parts = [state_fingerprint(tta), fingerprint(ts.x), ts.index.contiguous().numpy().tobytes()]
     # written whole (atomically), over whatever the slot held: a run may have filled it with the shipped
     # teacher's own logits
-    slot = shared_path(out / "_teacher_cache", "logits", parts)
+    slot = shared_path(out / "_teacher_cache", "logits", transfer_logits_key(tta, ts))
     slot.parent.mkdir(parents=True, exist_ok=True)
     atomic_save({"logits": logits, "index": ts.index.clone()}, slot)
     summary = {

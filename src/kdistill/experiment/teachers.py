@@ -18,7 +18,7 @@ from kdistill import dist
 from kdistill.augment import is_augmented, is_mixing
 from kdistill.caches import CACHE_FORMAT, CacheError, LogitCache, ViewCache, cache_key, state_fingerprint
 from kdistill.config import ExperimentConfig, ModelSpec, TeacherConfig, TrainConfig
-from kdistill.data import BatchLoader
+from kdistill.data import BatchLoader, Split
 from kdistill.data.loader import INFERENCE_BATCH
 from kdistill.data.store import fingerprint
 from kdistill.distiller import Distiller, Objective, Supervised
@@ -258,9 +258,14 @@ def _logit_cache(ctx: RunContext, teacher: FrozenTeacher, layers: Sequence[str])
         cache = LogitCache.build(teacher, BatchLoader(ts, INFERENCE_BATCH))
         return {"logits": cache.logits, "index": cache.index}
 
-    parts = [state_fingerprint(teacher.model), fingerprint(ts.x), ts.index.contiguous().numpy().tobytes()]
-    saved, reused = shared_outputs(ctx, "logits", parts, build)
+    saved, reused = shared_outputs(ctx, "logits", transfer_logits_key(teacher.model, ts), build)
     return LogitCache(saved["logits"], saved["index"]), "read back" if reused else "cached"
+
+
+def transfer_logits_key(model: nn.Module, ts: Split) -> list[str | bytes]:
+    """The parts that name a teacher's transfer-set logits in the shared cache (kind ``logits``): its weights and
+    buffers, the images' bytes and their indices."""
+    return [state_fingerprint(model), fingerprint(ts.x), ts.index.contiguous().numpy().tobytes()]
 
 
 def outputs_dir(cfg: ExperimentConfig) -> Path:
