@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import skip_without_fashion
 
@@ -198,3 +199,37 @@ def test_encoder_shapes_keeps_heads_by_slicing_exactly(tmp_path: Path) -> None:
         bench.keep_heads(student, 5)
     with pytest.raises(SystemExit, match="bad shape 'S=2:16'"):
         bench.build(teacher, "S=2:16")
+
+
+def test_encoder_portable_files_read_back_as_the_same_splits(tmp_path: Path) -> None:
+    """The dumped sentences deal themselves to the same splits when read as files, the transfer sentences stay
+    training-only, and the float16 teacher loads as float32 within rounding of the original."""
+    pytest.importorskip("transformers")
+    from kdistill.encoder.config import load_encoder_config
+    from kdistill.encoder.models import load_encoder
+    from kdistill.encoder.sentences import read_sentences
+    from tests.encoder.tiny import make_encoder_dir, sentences, write_corpus
+
+    bench = _load("encoder_portable")
+    teacher = make_encoder_dir(tmp_path / "t")
+    (tmp_path / "corpus").mkdir()
+    corpus = write_corpus(tmp_path / "corpus" / "c.txt", n=300)
+    more = tmp_path / "more.txt"
+    more.write_text("\n".join(sentences(200, seed=7)) + "\n")
+    over = [f"teacher.path={teacher}", "sentences.source=files", f"sentences.paths=[{corpus.parent}]"]
+    over += ["sentences.max_length=16", f"sentences.transfer={{source: files, paths: [{more}]}}", "eval.queries=20"]
+    out = bench.main([str(tmp_path / "out"), "--half", *over])
+    assert out["differ"] == {"train": 0, "val": 0, "test": 0}
+    assert out["half_check"]["cos"] > 0.999 and out["half_check"]["agreement"] > 0.5
+    cfg = load_encoder_config(bench.ROOT / "configs" / "text" / "minilm_shrink.yaml", over)
+    kw = {"val_fraction": cfg.sentences.val_fraction, "test_fraction": cfg.sentences.test_fraction}
+    want = read_sentences("files", [str(corpus.parent)], transfer={"source": "files", "paths": [str(more)]}, **kw)
+    moved = load_encoder_config(bench.ROOT / "configs" / "text" / "minilm_shrink.yaml", [*over, *out["overrides"]])
+    s = moved.sentences
+    got = read_sentences(s.source, s.paths, s.pattern, s.separator, transfer=s.transfer.model_dump(), **kw)
+    assert got.text == want.text and got.transfer["sentences"] == want.transfer["sentences"] > 0
+    from safetensors.torch import load_file
+
+    assert {v.dtype for v in load_file(tmp_path / "out" / "teacher" / "model.safetensors").values()} >= {torch.float16}
+    back, _, _ = load_encoder(moved.teacher.path)
+    assert {p.dtype for p in back.parameters()} == {torch.float32}

@@ -47,6 +47,17 @@ def test_cli_accepts_overrides_after_options(tmp_path: Path) -> None:
         main(["run", str(cfg_file), "--smok"])
 
 
+def test_device_and_jobs_flags_are_refused_where_a_task_has_no_use_for_them(capsys) -> None:
+    """A flag a run cannot honour is an error, never silently dropped: language-model and regression runs train on
+    the CPU, and only image runs split seeds over processes."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for config in (root / "text" / "stdlib_tiny.yaml", next((root / "regression").glob("*.yaml"))):
+        assert main(["run", str(config), "--device", "cuda"]) == 2
+        assert "trains on the CPU; drop --device" in capsys.readouterr().err
+    assert main(["run", str(root / "text" / "minilm_shrink.yaml"), "--jobs", "2"]) == 2
+    assert "--jobs applies to image runs" in capsys.readouterr().err
+
+
 def test_a_diverging_run_is_one_error_line_and_debug_shows_the_traceback(tmp_path: Path, capsys) -> None:
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("{}\n")

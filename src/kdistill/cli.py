@@ -52,20 +52,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     task = task_of(args.config, list(args.overrides))
     if task in ("text", "encoder", "regression") and args.jobs != 1:
         raise ConfigError(f"--jobs applies to image runs; a {task} config trains its seeds in one process")
+    if task in ("text", "regression") and args.device not in (None, "cpu"):
+        raise ConfigError(f"--device {args.device}: a {task} run trains on the CPU; drop --device")
+    device = [f"device={args.device}"] if args.device else []
     if task == "text":  # a language-model run
         summary = run_text(load_text_config(args.config, list(args.overrides)), smoke=args.smoke, resume=args.resume)
         print(text_markdown(summary).split("\n**")[0])
         return 0
     if task == "encoder":  # a sentence encoder made smaller
-        cfg = load_encoder_config(args.config, list(args.overrides))
+        cfg = load_encoder_config(args.config, list(args.overrides) + device)
         print(encoder_markdown(run_encoder(cfg, smoke=args.smoke, resume=args.resume)), end="")
         return 0
     if task == "regression":  # float targets: does distillation work for regression?
         cfg = load_regression_config(args.config, list(args.overrides))
         print(regression_markdown(run_regression(cfg, smoke=args.smoke, resume=args.resume)).split("\n![")[0])
         return 0
-    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, list(args.overrides) + device)
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}: give a number of processes >= 1")
     seeds = [int(s) for s in args.worker_seeds.split(",")] if args.worker_seeds else None

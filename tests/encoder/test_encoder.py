@@ -354,6 +354,19 @@ def test_saved_student_loads_with_from_pretrained(tiny_dir: Path, tmp_path: Path
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_a_half_precision_checkpoint_loads_as_float32(tiny_dir: Path, tmp_path: Path) -> None:
+    """transformers 5 keeps a checkpoint's dtype; a teacher (and the students copied from it) must train and
+    compare in float32."""
+    teacher, tok, _ = load_encoder(str(tiny_dir))
+    teacher.hf.half().save_pretrained(tmp_path / "half")
+    tok.save_pretrained(tmp_path / "half")
+    back, _, _ = load_encoder(str(tmp_path / "half"))
+    assert {p.dtype for p in back.parameters()} == {torch.float32}
+    assert {p.dtype for p in shrink(back, 1).parameters()} == {torch.float32}
+    # the stored half-precision values, widened exactly (teacher.hf was halved in place above)
+    assert torch.equal(back.hf.embeddings.word_embeddings.weight, teacher.hf.embeddings.word_embeddings.weight.float())
+
+
 def test_contrastive_scratch_validation_leaves_the_training_rng_alone(tiny_dir: Path) -> None:
     teacher, tok, _ = load_encoder(str(tiny_dir))
     obj = ContrastiveScratch(shrink(teacher, 1))
@@ -503,6 +516,14 @@ def test_bad_config_and_missing_package_are_clean_errors(tmp_path: Path, tiny_di
     r = kdistill("run", str(CONFIG), "--smoke", *args, "students=[{name: L1, layers: 1, freeze: [embeddings.word]}]")
     assert r.returncode == 2 and "unknown layer 'embeddings.word'" in r.stderr
     assert "closest: " in r.stderr and "embeddings.word_embeddings" in r.stderr
+    r = kdistill("run", str(CONFIG), "--smoke", *args, "device=gpu")
+    assert r.returncode == 2 and "device" in r.stderr and "'cuda'" in r.stderr
+    if not torch.cuda.is_available():  # asked for a GPU that is not there: said at once, no run directory left
+        r = kdistill("run", str(CONFIG), "--smoke", *args, "device=cuda", "name=nogpu")
+        assert r.returncode == 2 and "device=cuda was asked for, but torch sees no CUDA GPU" in r.stderr
+        assert not (tmp_path / "nogpu-smoke").exists()
+        r = kdistill("run", str(CONFIG), "--smoke", *args, "--device", "cuda")  # the flag reaches the config too
+        assert r.returncode == 2 and "device=cuda was asked for" in r.stderr
 
 
 def test_packaged_teacher_embeds_as_sentence_transformers_does() -> None:

@@ -156,6 +156,11 @@ class EvalConfig(StrictModel):
 class EncoderExperimentConfig(PlainRunConfig):
     task: Literal["encoder"] = "encoder"
     name: str = "encoder"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="where the teacher's embeddings are computed and the students trained and scored (auto = CUDA "
+        "when available; bf16 autocast on CUDA); latency is always measured on the CPU, ONNX exported from it",
+    )
     roles: list[Literal["init", "scratch", "kd"]] = Field(
         default_factory=lambda: ["init", "scratch", "kd"],
         description="init: the student as initialised; scratch: SimCSE without the teacher; kd: distilled",

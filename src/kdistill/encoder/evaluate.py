@@ -17,12 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdistill.data import Split
+from kdistill.models import module_device
 
 
 @torch.no_grad()
 def embed(model: nn.Module, split: Split, pad_id: int, batch_size: int = 128) -> torch.Tensor:
-    """Embeddings ``[N, D]`` (float32, CPU) of every row of ``split`` in eval mode, in the split's order."""
+    """Embeddings ``[N, D]`` (float32, CPU) of every row of ``split`` in eval mode, in the split's order; the
+    model runs where its weights are."""
     was = model.training
+    dev = module_device(model)
     model.eval()
     x = split.x
     lengths = (x != pad_id).sum(1)
@@ -31,7 +34,7 @@ def embed(model: nn.Module, split: Split, pad_id: int, batch_size: int = 128) ->
     for i in range(0, len(order), batch_size):
         rows = order[i : i + batch_size]
         ids = x[rows, : max(1, int(lengths[rows].max()))]
-        e = model(ids).float().cpu()
+        e = model(ids.to(dev)).float().cpu()
         if out is None:
             out = torch.empty(len(x), e.shape[1])
         out[rows] = e

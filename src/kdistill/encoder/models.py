@@ -103,7 +103,11 @@ def load_encoder(path: str) -> tuple[SentenceEncoder, Any, Path]:
     tf = require_transformers()
     d = resolve_path(path)
     tok = tf.AutoTokenizer.from_pretrained(d)
-    hf = tf.AutoModel.from_pretrained(d)
+    # float32 whatever the checkpoint stores: transformers 5 loads a half-precision file as half, and a student
+    # copied from it would then keep half-precision weights under AdamW (bf16 autocast does the fast arithmetic).
+    # The config names the dtype too, and the students built from it (shrink) would take it.
+    hf = tf.AutoModel.from_pretrained(d).float()
+    setattr(hf.config, "dtype" if hasattr(hf.config, "dtype") else "torch_dtype", torch.float32)
     return SentenceEncoder(hf, tok.pad_token_id or 0, _normalizes(d)), tok, d
 
 

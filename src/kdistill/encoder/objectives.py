@@ -36,6 +36,7 @@ from kdistill.losses.encoder import (
     split_heads,
 )
 from kdistill.metrics import EvalResult
+from kdistill.models import module_device
 from kdistill.taps import Tapped
 from kdistill.teacher import FrozenTeacher
 
@@ -61,9 +62,10 @@ class _EncoderObjective(Objective):
         """Model selection on the validation sentences: ``nll`` is the objective's own validation loss, the mean
         over sentences of :meth:`batch_loss`; the model's train/eval mode is restored afterwards."""
         was = self.model.training
+        dev = module_device(self.model)
         total = 0.0
         for i in range(0, len(split), batch_size):
-            ids = trim(split.x[i : i + batch_size], self.model.pad_id)
+            ids = trim(split.x[i : i + batch_size], self.model.pad_id).to(dev)
             total += float(self.batch_loss(ids, i)) * len(ids)
         self.model.train(was)
         return EvalResult(acc=float("nan"), errors=0, nll=total / len(split), n=len(split))

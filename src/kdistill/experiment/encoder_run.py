@@ -3,7 +3,8 @@ embeddings of every sentence, cached -> for every student size and seed: the stu
 trained without the teacher (``scratch``: SimCSE on the same sentences, same steps, same initialisation) and
 distilled (``kd``) -> mean cosine and neighbour agreement with the teacher on held-out sentences -> params,
 FLOPs and CPU latency of the teacher and the students, timed together -> ONNX export with an onnxruntime
-parity check -> summary, report. The run directory::
+parity check -> summary, report. ``device`` says where the teacher embeds and the students train and are scored
+(a GPU when there is one); latency is measured and ONNX exported on CPU copies. The run directory::
 
     config.yaml, data.json        the resolved config; sentences per split, truncations, tokenizer
     <student>-<role>-seed<k>/     metrics.jsonl, last.pt, best.pt, row.json, hf/ (save_pretrained + tokenizer +
@@ -16,6 +17,7 @@ The teacher's embeddings of each split live in ``<output_dir>/_teacher_cache/enc
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import statistics
@@ -31,6 +33,7 @@ from kdistill.caches import state_fingerprint
 from kdistill.data import Split
 from kdistill.data.store import fingerprint
 from kdistill.deploy import measure_many
+from kdistill.dist import resolve_device
 from kdistill.encoder.config import EncoderExperimentConfig, StudentSpec
 from kdistill.encoder.evaluate import embed, linear_map, mean_cosine, neighbour_agreement
 from kdistill.encoder.models import (
@@ -48,7 +51,7 @@ from kdistill.experiment.teachers import shared_file
 from kdistill.export import check_onnx, export_onnx
 from kdistill.io import atomic_save, atomic_write_text, safe_load
 from kdistill.lock import run_lock
-from kdistill.models import count_params
+from kdistill.models import count_params, module_device
 from kdistill.report.encoder import write_encoder_summary
 from kdistill.taps import freeze
 from kdistill.teacher import FrozenTeacher
@@ -81,6 +84,7 @@ class EncoderRun:
     tokens: Tokens  # the teacher's tokenization
     cache: dict[str, torch.Tensor]  # the teacher's embeddings per split
     max_length: int
+    device: torch.device
     student_tokens: dict[str, Tokens] = field(default_factory=dict)  # per student name: what it reads
 
 
@@ -90,18 +94,22 @@ def run_encoder(cfg: EncoderExperimentConfig, smoke: bool = False, resume: bool 
 
 
 def _run_encoder(cfg: EncoderExperimentConfig, smoke: bool, resume: bool) -> dict:
+    device = resolve_device(cfg.device)  # before any work: device=cuda without a GPU is an error at once
     run_dir, resolved = open_run_dir(cfg, smoke, resume)
 
     teacher, tok, tdir = load_encoder(cfg.teacher.path)
-    teacher.eval()
-    log(f"teacher: {tdir} ({count_params(teacher):,} parameters, {layer_count(teacher)} layers × {teacher.width})")
+    teacher.eval().to(device)
+    log(
+        f"teacher: {tdir} ({count_params(teacher):,} parameters, {layer_count(teacher)} layers × {teacher.width}); "
+        f"device {device}"
+    )
     sentences, read = _sentences(cfg, smoke)
     max_length = min(cfg.sentences.max_length, int(teacher.hf.config.max_position_embeddings))
     tokens = Tokens({s: tokenize(tok, sentences[s], max_length) for s in SPLITS}, tok)
     data = _describe(cfg, sentences, tokens, tdir, max_length, read)
     atomic_write_text(run_dir / "data.json", json.dumps(data, indent=1) + "\n")
     log(f"sentences: {data['sentences']}; truncated at {max_length} tokens: {data['truncated']}")
-    run = EncoderRun(cfg, smoke, resume, run_dir, sentences, teacher, tokens, {}, max_length)
+    run = EncoderRun(cfg, smoke, resume, run_dir, sentences, teacher, tokens, {}, max_length, device)
     _check_students(run)
     run.cache = _teacher_cache(run)
 
@@ -284,6 +292,7 @@ def _student(run: EncoderRun, spec: StudentSpec, role: str, seed: int) -> tuple[
     student, tokens = build_student(run, spec)
     if role == "kd":
         _into_teacher_space(run, student)
+    student.to(run.device)
     if run.resume and (out / "row.json").is_file():
         log(f"{name}: finished before the interruption, kept")
         student.load_state_dict(safe_load(out / "weights.pt"))
@@ -303,10 +312,11 @@ def _student(run: EncoderRun, spec: StudentSpec, role: str, seed: int) -> tuple[
             out_dir=out,
             desc=name,
             resume=run.resume,
+            device=run.device,
         )
         seconds, steps, best = res.train_seconds, res.steps, res.best_epoch
     save_encoder(student, tokens.tokenizer, out / "hf", run.max_length)
-    atomic_save(student.state_dict(), out / "weights.pt")
+    atomic_save({k: v.cpu() for k, v in student.state_dict().items()}, out / "weights.pt")
     row = {
         "student": spec.name,
         "role": role,
@@ -422,6 +432,7 @@ def _export(run: EncoderRun, students: dict[str, SentenceEncoder]) -> dict:
     PyTorch in onnxruntime on test sentences."""
     results = {}
     for name, model in students.items():
+        model = model if module_device(model).type == "cpu" else copy.deepcopy(model).cpu()
         x = run.student_tokens[name]["test"].split.x[:16]
         path = run.run_dir / "export" / name / "student.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
