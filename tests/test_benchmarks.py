@@ -233,3 +233,27 @@ def test_encoder_portable_files_read_back_as_the_same_splits(tmp_path: Path) -> 
     assert {v.dtype for v in load_file(tmp_path / "out" / "teacher" / "model.safetensors").values()} >= {torch.float16}
     back, _, _ = load_encoder(moved.teacher.path)
     assert {p.dtype for p in back.parameters()} == {torch.float32}
+
+
+def test_encoder_fit_gap_scores_training_and_test_sentences_alike(tmp_path: Path) -> None:
+    """The teacher as its own student finds all its neighbours in both sets; a shrunk student gets scores in range."""
+    pytest.importorskip("transformers")
+    from kdistill.encoder.models import load_encoder, save_encoder, shrink
+    from tests.encoder.tiny import make_encoder_dir, write_corpus
+
+    bench = _load("encoder_fit_gap")
+    teacher_dir = make_encoder_dir(tmp_path / "t")
+    corpus = write_corpus(tmp_path / "c.txt", n=300)
+    teacher, tok, _ = load_encoder(str(teacher_dir))
+    save_encoder(shrink(teacher, 1), tok, tmp_path / "s")
+    args = [str(teacher_dir), str(tmp_path / "s"), "--teacher", str(teacher_dir), "--files", str(corpus)]
+    out = bench.main([*args, "--n", "40", "--queries", "20", "--k", "5", "--max-length", "16"])
+    same, small = out[str(teacher_dir)], out[str(tmp_path / "s")]
+    assert same == {
+        "train_cos": pytest.approx(1.0),
+        "train_agreement": 1.0,
+        "test_cos": pytest.approx(1.0),
+        "test_agreement": 1.0,
+    }
+    assert all(0.0 <= small[k] < 1.0 for k in ("train_agreement", "test_agreement"))
+    assert -1.0 <= small["train_cos"] < 0.9999
