@@ -516,6 +516,8 @@ def test_bad_config_and_missing_package_are_clean_errors(tmp_path: Path, tiny_di
     r = kdistill("run", str(CONFIG), "--smoke", *args, "students=[{name: L1, layers: 1, freeze: [embeddings.word]}]")
     assert r.returncode == 2 and "unknown layer 'embeddings.word'" in r.stderr
     assert "closest: " in r.stderr and "embeddings.word_embeddings" in r.stderr
+    r = kdistill("run", str(CONFIG), "--smoke", *args, env={"WORLD_SIZE": "2"})  # under torchrun: refused
+    assert r.returncode == 2 and "without torchrun" in r.stderr
     r = kdistill("run", str(CONFIG), "--smoke", *args, "device=gpu")
     assert r.returncode == 2 and "device" in r.stderr and "'cuda'" in r.stderr
     if not torch.cuda.is_available():  # asked for a GPU that is not there: said at once, no run directory left
