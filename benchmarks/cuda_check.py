@@ -4,9 +4,12 @@
 
 Runs the same tiny synthetic experiment (teacher CNN, scratch and KD students; augmentation on, so the
 teacher view cache is built on the GPU) on the CPU and on CUDA (bf16 autocast), then a 1-process
-torchrun with NCCL, and prints the test accuracies side by side. Exit status 0 means every run finished
-and the CUDA accuracies are within 5 points of the CPU ones (bf16 and cuDNN change the arithmetic, so
-equality is not expected).
+torchrun with NCCL, and prints the test accuracies side by side. Where transformers is installed, it also
+distils the tests' tiny random BERT (``tests/encoder/tiny.py``) into a one-layer student with ``task:
+encoder`` on both devices (teacher cache, training, scoring on the GPU; latency and ONNX from CPU copies).
+Exit status 0 means every run finished, the CUDA accuracies are within 5 points of the CPU ones and the
+encoder student's cosine with its teacher within 0.02 (bf16 and cuDNN change the arithmetic, so equality is
+not expected).
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from pathlib import Path
 
 import torch
 
-from kdistill.config import load_config
-from kdistill.experiment.run import run_experiment
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.encoder.tiny: the tiny BERT the tests build (no download)
+
+from kdistill.config import load_config  # noqa: E402
+from kdistill.experiment.run import run_experiment  # noqa: E402
 
 OVERRIDES = [
     "data.name=synthetic",
@@ -41,6 +47,33 @@ OVERRIDES = [
 
 def accuracies(summary: dict) -> dict[str, float]:
     return {r["role"]: r["test_acc"] for r in summary["rows"]}
+
+
+def encoder_check(out: Path, devices: tuple[str, ...] = ("cpu", "cuda")) -> dict[str, dict[str, float]] | None:
+    """The kd student's cosine and neighbour agreement with the tiny teacher, and whether its ONNX export
+    matched, per device; None where transformers is missing."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print("transformers is not installed: encoder check skipped")
+        return None
+    from tests.encoder.tiny import make_encoder_dir, write_corpus
+
+    from kdistill.encoder.config import load_encoder_config
+    from kdistill.experiment.encoder_run import run_encoder
+
+    out.mkdir(parents=True, exist_ok=True)
+    teacher, corpus = make_encoder_dir(out / "enc_teacher"), write_corpus(out / "enc_corpus.txt", n=400)
+    res = {}
+    for device in devices:
+        over = [f"teacher.path={teacher}", "sentences.source=files", f"sentences.paths=[{corpus}]"]
+        over += ["sentences.max_length=16", "students=[{name: S, layers: 1, hidden: 16, heads: 2, init: copy}]"]
+        over += ["roles=[kd]", "seeds=[0]", "train.steps=76", "train.batch_size=16", "train.lr=0.003"]
+        over += ["eval.queries=30", "eval.k=5", "eval.repeats=2", f"output_dir={out}/enc_{device}", f"device={device}"]
+        summary = run_encoder(load_encoder_config(ROOT / "configs" / "text" / "minilm_shrink.yaml", over))
+        a = summary["aggregate"]["S/kd"]
+        res[device] = {"cos": a["cos_mean"], "agreement": a["agreement_mean"], "onnx": summary["exports"]["S"]["ok"]}
+    return res
 
 
 def main() -> int:
@@ -77,10 +110,15 @@ def main() -> int:
         return 1
     summary = json.loads(next(Path(args.out, "ddp").glob("*/summary.json")).read_text())
     res["cuda_torchrun_nccl"] = accuracies(summary)
-    print(json.dumps(res, indent=1))
+    enc = encoder_check(Path(args.out))
+    print(json.dumps({**res, "encoder": enc}, indent=1))
     ok = all(abs(res[d][r] - res["cpu"][r]) <= 0.05 for d in ("cuda", "cuda_torchrun_nccl") for r in res["cpu"])
+    enc_ok = enc is None or (abs(enc["cuda"]["cos"] - enc["cpu"]["cos"]) <= 0.02 and enc["cuda"]["onnx"])
     print("CUDA path OK" if ok else "CUDA accuracies differ from CPU by more than 5 points")
-    return 0 if ok else 1
+    print(
+        "encoder on CUDA OK" if enc_ok else "encoder on CUDA: cosine differs from CPU by more than 0.02, or ONNX failed"
+    )
+    return 0 if ok and enc_ok else 1
 
 
 if __name__ == "__main__":
