@@ -123,7 +123,7 @@ def measure_many(
             f"(got repeats={repeats}, warmup={warmup}, threads={threads}, batch_sizes={list(batch_sizes)})"
         )
     names = list(models)
-    cpu = {name: _on_cpu(m) for name, m in models.items()}
+    cpu = {name: on_cpu(m) for name, m in models.items()}
     figures: dict[str, dict[str, Any]] = {
         name: {
             "params": count_params(m),
@@ -189,7 +189,8 @@ def _calls_per_timing(model: nn.Module, x: torch.Tensor, min_s: float) -> int:
         n *= 10
 
 
-def _on_cpu(model: nn.Module) -> nn.Module:
+def on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` itself when it lives on the CPU, else a CPU copy (the original stays where it is)."""
     return model if module_device(model).type == "cpu" else copy.deepcopy(model).cpu()
 
 

@@ -17,7 +17,6 @@ The teacher's embeddings of each split live in ``<output_dir>/_teacher_cache/enc
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import statistics
@@ -32,7 +31,7 @@ from torch import nn
 from kdistill.caches import state_fingerprint
 from kdistill.data import Split
 from kdistill.data.store import fingerprint
-from kdistill.deploy import measure_many
+from kdistill.deploy import measure_many, on_cpu
 from kdistill.dist import resolve_device
 from kdistill.encoder.config import EncoderExperimentConfig, StudentSpec
 from kdistill.encoder.evaluate import embed, linear_map, mean_cosine, neighbour_agreement
@@ -51,7 +50,7 @@ from kdistill.experiment.teachers import shared_file
 from kdistill.export import check_onnx, export_onnx
 from kdistill.io import atomic_save, atomic_write_text, safe_load
 from kdistill.lock import run_lock
-from kdistill.models import count_params, module_device
+from kdistill.models import count_params
 from kdistill.report.encoder import write_encoder_summary
 from kdistill.taps import freeze
 from kdistill.teacher import FrozenTeacher
@@ -432,7 +431,7 @@ def _export(run: EncoderRun, students: dict[str, SentenceEncoder]) -> dict:
     PyTorch in onnxruntime on test sentences."""
     results = {}
     for name, model in students.items():
-        model = model if module_device(model).type == "cpu" else copy.deepcopy(model).cpu()
+        model = on_cpu(model)
         x = run.student_tokens[name]["test"].split.x[:16]
         path = run.run_dir / "export" / name / "student.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
