@@ -22,51 +22,26 @@ the corpus' training sentences with a fixed seed, the same there.
 from __future__ import annotations
 
 import argparse
+import copy
 import shlex
 import sys
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from kdistill.encoder.config import EncoderExperimentConfig, load_encoder_config  # noqa: E402
+from kdistill.encoder.config import EncoderExperimentConfig, TransferSource, load_encoder_config  # noqa: E402
 from kdistill.encoder.evaluate import embed, mean_cosine, neighbour_agreement  # noqa: E402
 from kdistill.encoder.models import load_encoder, save_encoder  # noqa: E402
-from kdistill.encoder.sentences import SPLITS, Sentences, read_sentences, tokenize  # noqa: E402
+from kdistill.encoder.sentences import SPLITS, tokenize  # noqa: E402
 
 
-def read(
-    cfg: EncoderExperimentConfig,
-    source: str,
-    paths: list[str],
-    transfer: dict | None,
-    pattern: str = "*",
-    separator: str | None = None,
-) -> Sentences:
-    """The sentences as the run reads them (augment left out: it is drawn from them the same way anywhere)."""
-    s = cfg.sentences
-    return read_sentences(
-        source,
-        paths,
-        pattern,
-        separator,
-        min_words=s.min_words,
-        max_words=s.max_words,
-        val_fraction=s.val_fraction,
-        test_fraction=s.test_fraction,
-        limit=s.limit,
-        transfer=transfer,
-    )
-
-
-def dump(cfg: EncoderExperimentConfig, out: Path) -> tuple[list[str], dict[str, int]]:
-    """Write the sentence files; the overrides that read them, and per split how many sentences differ when read
-    back (missing or added)."""
-    s = cfg.sentences
-    t = s.transfer.model_dump() if s.transfer is not None else None
-    got = read(cfg, s.source, s.paths, t, s.pattern, s.separator)
+def dump(cfg: EncoderExperimentConfig, out: Path) -> tuple[list[str], dict[str, int], list[str]]:
+    """Write the sentence files; the overrides that read them, per split how many sentences differ when read
+    back (missing or added), and the test sentences. ``augment`` is left out of both reads: its variants are drawn
+    from the corpus' training sentences the same way anywhere."""
+    s = cfg.sentences.model_copy(update={"augment": None})
+    got = s.read()
     n_transfer = got.transfer.get("sentences", 0)
     own = got.text["train"][: len(got.text["train"]) - n_transfer]  # the transfer sentences follow the corpus'
     out.mkdir(parents=True, exist_ok=True)
@@ -75,32 +50,33 @@ def dump(cfg: EncoderExperimentConfig, out: Path) -> tuple[list[str], dict[str, 
     overrides = ["sentences.source=files", f"sentences.paths=[{corpus}]"]  # a file: the pattern is not used
     if s.separator is not None:
         overrides.append("sentences.separator=null")  # one sentence per paragraph, nothing between documents
-    back_t = None
-    if t is not None:
+    back_transfer = None
+    if s.transfer is not None:
         transfer = out / "transfer.txt"
         transfer.write_text("\n\n".join(got.text["train"][len(own) :]) + "\n", encoding="utf-8")
-        back_t = {"source": "files", "paths": [str(transfer)], "limit": t.get("limit")}
+        back_transfer = TransferSource(source="files", paths=[str(transfer)], limit=s.transfer.limit)
         overrides.append(f"sentences.transfer={{source: files, paths: [{transfer}]}}")
-    back = read(cfg, "files", [str(corpus)], back_t)
+    files = {"source": "files", "paths": [str(corpus)], "separator": None, "transfer": back_transfer}
+    back = s.model_copy(update=files).read()
     differ = {k: len(set(got.text[k]) ^ set(back.text[k])) for k in SPLITS}
-    return overrides, differ
+    return overrides, differ, got.text["test"]
 
 
-def teacher_files(cfg: EncoderExperimentConfig, out: Path, half: bool) -> tuple[str, dict[str, float] | None]:
+def teacher_files(
+    cfg: EncoderExperimentConfig, out: Path, half: bool, test: list[str]
+) -> tuple[str, dict[str, float] | None]:
     """The teacher saved under ``out/teacher`` (float16 weights with ``half``); with ``half``, its agreement with
-    the float32 original on the test sentences."""
+    the float32 original on the ``test`` sentences."""
     teacher, tok, _ = load_encoder(cfg.teacher.path)
     teacher.eval()
     path = out / "teacher"
     stored = teacher
     if half:
-        stored = load_encoder(cfg.teacher.path)[0].eval()
+        stored = copy.deepcopy(teacher)
         stored.hf.half()
     save_encoder(stored, tok, path, cfg.sentences.max_length)
     if not half:
         return f"teacher.path={path}", None
-    s = cfg.sentences
-    test = read(cfg, s.source, s.paths, None, s.pattern, s.separator).text["test"]
     split = tokenize(tok, test, cfg.sentences.max_length).split
     back, _, _ = load_encoder(str(path))  # as the run will load it: float32
     a, b = embed(teacher, split, teacher.pad_id), embed(back.eval(), split, back.pad_id)
@@ -115,10 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--half", action="store_true", help="store the teacher's weights in float16")
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, as kdistill run takes them")
     a = ap.parse_intermixed_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = load_encoder_config(a.config, a.overrides)
-    overrides, differ = dump(cfg, a.out)
-    teacher, check = teacher_files(cfg, a.out, a.half)
+    overrides, differ, test = dump(cfg, a.out)
+    teacher, check = teacher_files(cfg, a.out, a.half, test)
     overrides.append(teacher)
     print(f"sentences that read back elsewhere (missing or added), per split: {differ}")
     if check is not None:

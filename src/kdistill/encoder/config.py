@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from kdistill.config import PlainRunConfig, StrictModel, TrainConfig, step_train, validate_file
 from kdistill.encoder.models import PACKAGE_PATH
+from kdistill.encoder.sentences import Sentences, read_sentences
 
 _SOURCE = (
     "stdlib: docstrings of the Python standard library; packages: docstrings of the installed packages (paths: "
@@ -57,6 +58,23 @@ class SentenceConfig(TextSource):
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     limit: int | None = Field(None, ge=2, description="training sentences kept (null: all)")
     max_length: int = Field(128, ge=4, description="tokens per sentence; longer ones are truncated and counted")
+
+    def read(self) -> Sentences:
+        """The sentences of every split as a run reads them: the corpus dealt to splits, then the transfer set
+        and the augmented variants added to the training split."""
+        return read_sentences(
+            self.source,
+            self.paths,
+            self.pattern,
+            self.separator,
+            min_words=self.min_words,
+            max_words=self.max_words,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            limit=self.limit,
+            transfer=self.transfer.model_dump() if self.transfer is not None else None,
+            augment=self.augment.model_dump() if self.augment is not None else None,
+        )
 
 
 class TeacherSpec(StrictModel):

@@ -44,7 +44,7 @@ from kdistill.encoder.models import (
     shrink,
 )
 from kdistill.encoder.objectives import ContrastiveScratch, EncoderDistiller
-from kdistill.encoder.sentences import SPLITS, Sentences, TokenizedSplit, read_sentences, tokenize
+from kdistill.encoder.sentences import SPLITS, Sentences, TokenizedSplit, tokenize
 from kdistill.experiment.context import log, open_run_dir, plain_run_dir
 from kdistill.experiment.teachers import shared_file
 from kdistill.export import check_onnx, export_onnx
@@ -128,20 +128,7 @@ def _run_encoder(cfg: EncoderExperimentConfig, smoke: bool, resume: bool) -> dic
 
 def _sentences(cfg: EncoderExperimentConfig, smoke: bool) -> tuple[dict[str, list[str]], Sentences]:
     """The sentences of each split (the first few of each in a smoke run), and what the reader counted."""
-    s = cfg.sentences
-    read = read_sentences(
-        s.source,
-        s.paths,
-        s.pattern,
-        s.separator,
-        min_words=s.min_words,
-        max_words=s.max_words,
-        val_fraction=s.val_fraction,
-        test_fraction=s.test_fraction,
-        limit=s.limit,
-        transfer=s.transfer.model_dump() if s.transfer is not None else None,
-        augment=s.augment.model_dump() if s.augment is not None else None,
-    )
+    read = cfg.sentences.read()
     if read.augmented:
         log(f"augment: {read.augmented:,} variants of the training sentences added")
     if read.transfer:
