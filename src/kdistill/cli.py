@@ -50,9 +50,10 @@ from kdistill.trainer import RunInterrupted
 
 def _cmd_run(args: argparse.Namespace) -> int:
     task = task_of(args.config, list(args.overrides))
-    if task in ("text", "encoder", "regression") and args.jobs != 1:
+    one_process = task in ("text", "encoder", "regression")  # the image experiment alone splits seeds and ranks
+    if one_process and args.jobs != 1:
         raise ConfigError(f"--jobs applies to image runs; a {task} config trains its seeds in one process")
-    if task in ("text", "encoder", "regression") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if one_process and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # each rank would run the whole job and write the same run directory: one process, one device
         raise ConfigError(f"a {task} run trains in one process: run it without torchrun (image runs scale with it)")
     if task in ("text", "regression") and args.device not in (None, "cpu"):
