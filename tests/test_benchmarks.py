@@ -257,3 +257,32 @@ def test_encoder_fit_gap_scores_training_and_test_sentences_alike(tmp_path: Path
     }
     assert all(0.0 <= small[k] < 1.0 for k in ("train_agreement", "test_agreement"))
     assert -1.0 <= small["train_cos"] < 0.9999
+
+
+def test_encoder_int8_scores_float_and_int8_copies_against_the_float_teacher(tmp_path: Path) -> None:
+    """The float32 teacher is its own perfect student; its int8 copy differs a little; the models scored stay
+    float (the copies are separate); every speed ratio is relative to the float32 and the int8 teacher."""
+    pytest.importorskip("transformers")
+    from torch import nn
+
+    from kdistill.encoder.models import load_encoder, save_encoder, shrink
+    from tests.encoder.tiny import make_encoder_dir, write_corpus
+
+    bench = _load("encoder_int8")
+    teacher_dir = make_encoder_dir(tmp_path / "t")
+    corpus = write_corpus(tmp_path / "c.txt", n=300)
+    teacher, tok, _ = load_encoder(str(teacher_dir))
+    save_encoder(shrink(teacher, 1), tok, tmp_path / "run" / "S1" / "hf")
+    args = [str(tmp_path / "run" / "S1" / "hf"), "--teacher", str(teacher_dir), "--files", str(corpus)]
+    out = bench.main([*args, "--queries", "20", "--k", "5", "--max-length", "16", "--tokens", "8", "--repeats", "2"])
+    assert list(out) == ["teacher", "teacher int8", "S1", "S1 int8"]
+    assert out["teacher"]["cos"] == pytest.approx(1.0) and out["teacher"]["agreement"] == 1.0
+    assert out["teacher"]["x_b1"] == 1.0 and out["teacher int8"]["x_int8"] == 1.0
+    assert out["teacher int8"]["cos"] > 0.99  # int8 weights move the embeddings, a little (below)
+    assert all(0.0 <= r["agreement"] <= 1.0 and r["ms_b1"] > 0 for r in out.values())
+    q = bench.int8_copy(teacher)
+    linears = [m for m in q.modules() if type(m) is nn.Linear]
+    assert not linears and any(type(m) is nn.Linear for m in teacher.modules())  # the copy, not the model
+    ids = torch.randint(5, 40, (3, 7))
+    with torch.no_grad():
+        assert 0.0 < float((q(ids) - teacher(ids)).abs().max()) < 0.05
