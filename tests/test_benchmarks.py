@@ -286,3 +286,42 @@ def test_encoder_int8_scores_float_and_int8_copies_against_the_float_teacher(tmp
     ids = torch.randint(5, 40, (3, 7))
     with torch.no_grad():
         assert 0.0 < float((q(ids) - teacher(ids)).abs().max()) < 0.05
+
+
+def test_student_tta_scores_each_seed_with_1_5_and_9_views(tmp_path: Path) -> None:
+    """Each group's students are scored with the views the teacher option uses; the 1-view score is the model's
+    own test accuracy; a run directory without exactly one student is refused by name."""
+    skip_without_fashion()
+    from kdistill.data.fashion_mnist import load_fashion_arrays
+    from kdistill.models import build_model, save_model_file
+
+    bench = _load("student_tta")
+    norm = {"scale": 1 / 255, "mean": [0.286], "std": [0.353]}
+    spec = {"arch": "cnn", "kwargs": {"channels": [4, 8, 8], "convs_per_stage": [1, 1, 1], "stem_stride": 2}}
+    dirs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model(spec["arch"], (1, 28, 28), 10, spec["kwargs"]).eval()
+        (tmp_path / f"r{seed}" / f"kd-seed{seed}").mkdir(parents=True)
+        save_model_file(model, spec, (1, 28, 28), 10, tmp_path / f"r{seed}" / f"kd-seed{seed}" / "weights.pt", norm)
+        dirs.append(str(tmp_path / f"r{seed}"))
+    out = bench.main([f"A={','.join(dirs)}", "--repeats", "2"])
+    accs = out["groups"]["A"]
+    assert list(accs) == ["1 view", "plus (5)", "grid (9)"] and all(len(v) == 2 for v in accs.values())
+    arrays = load_fashion_arrays(download=False)
+    x = (torch.from_numpy(arrays["test_images"][:, None].astype("float32")) / 255.0 - 0.286) / 0.353
+    torch.manual_seed(1)
+    model = build_model(spec["arch"], (1, 28, 28), 10, spec["kwargs"]).eval()
+    with torch.no_grad():
+        want = (
+            100.0
+            * float((model(x).argmax(1) == torch.from_numpy(arrays["test_labels"].astype("int64"))).sum())
+            / len(x)
+        )
+    assert accs["1 view"][1] == pytest.approx(want)
+    assert set(out["latency_ms_b1"]) == {"student, 1 view", "student, plus (5)", "student, grid (9)", "teacher"}
+    assert all(ms > 0 for ms in out["latency_ms_b1"].values())  # timed, never compared in a test
+    with pytest.raises(SystemExit, match="bad group 'A'"):
+        bench.main(["A"])
+    with pytest.raises(SystemExit, match="holds 0 student weights files"):
+        bench.main([f"B={tmp_path}"])
