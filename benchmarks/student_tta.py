@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
         for f in files:
             model, obj = load_model_file(f)
             norm = obj["normalize"]  # the model's own input statistics (its training split's)
+            if not norm:
+                raise SystemExit(f"student_tta: {f} records no input normalization; save it from a kdistill run")
             x = normalize(raw[:, None], Normalization(norm["scale"], tuple(norm["mean"]), tuple(norm["std"])))
             if first is None:
                 first = model
