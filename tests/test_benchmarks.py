@@ -259,9 +259,10 @@ def test_encoder_fit_gap_scores_training_and_test_sentences_alike(tmp_path: Path
     assert -1.0 <= small["train_cos"] < 0.9999
 
 
-def test_encoder_int8_scores_float_and_int8_copies_against_the_float_teacher(tmp_path: Path) -> None:
-    """The float32 teacher is its own perfect student; its int8 copy differs a little; the models scored stay
-    float (the copies are separate); every speed ratio is relative to the float32 and the int8 teacher."""
+def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_teacher(tmp_path: Path) -> None:
+    """The float32 teacher is its own perfect student; its int8 and bf16 copies differ a little; the models scored
+    stay float (the copies are separate); every speed ratio is relative to the float32 teacher and to the teacher
+    in the same precision; an unknown variant is refused by name."""
     pytest.importorskip("transformers")
     from torch import nn
 
@@ -275,17 +276,30 @@ def test_encoder_int8_scores_float_and_int8_copies_against_the_float_teacher(tmp
     save_encoder(shrink(teacher, 1), tok, tmp_path / "run" / "S1" / "hf")
     args = [str(tmp_path / "run" / "S1" / "hf"), "--teacher", str(teacher_dir), "--files", str(corpus)]
     out = bench.main([*args, "--queries", "20", "--k", "5", "--max-length", "16", "--tokens", "8", "--repeats", "2"])
-    assert list(out) == ["teacher", "teacher int8", "S1", "S1 int8"]
+    variants = ["int8", "int8-pc", "bf16"]
+    assert list(out) == ["teacher", *(f"teacher {v}" for v in variants), "S1", *(f"S1 {v}" for v in variants)]
     assert out["teacher"]["cos"] == pytest.approx(1.0) and out["teacher"]["agreement"] == 1.0
-    assert out["teacher"]["x_b1"] == 1.0 and out["teacher int8"]["x_int8"] == 1.0
-    assert out["teacher int8"]["cos"] > 0.99  # int8 weights move the embeddings, a little (below)
+    assert out["teacher"]["x_b1"] == 1.0 and all(out[f"teacher {v}"]["x_same"] == 1.0 for v in variants)
+    assert out["S1 int8"]["x_same"] == pytest.approx(out["teacher int8"]["ms_b1"] / out["S1 int8"]["ms_b1"])
+    assert out["S1"]["x_same"] == pytest.approx(out["S1"]["x_b1"])  # float32: the same teacher twice
+    for v in variants:  # lower precision moves the embeddings, a little (below; the cosine may round to 1)
+        assert 0.99 < out[f"teacher {v}"]["cos"] <= 1.0, v
     assert all(0.0 <= r["agreement"] <= 1.0 and r["ms_b1"] > 0 for r in out.values())
-    q = bench.int8_copy(teacher)
-    linears = [m for m in q.modules() if type(m) is nn.Linear]
-    assert not linears and any(type(m) is nn.Linear for m in teacher.modules())  # the copy, not the model
+    with pytest.raises(SystemExit):
+        bench.main([*args, "--variants", "int8,int4"])
     ids = torch.randint(5, 40, (3, 7))
+    for q in (bench.int8_copy(teacher), bench.int8_copy(teacher, per_channel=True)):
+        linears = [m for m in q.modules() if type(m) is nn.Linear]
+        assert not linears and any(type(m) is nn.Linear for m in teacher.modules())  # the copy, not the model
+        with torch.no_grad():
+            assert 0.0 < float((q(ids) - teacher(ids)).abs().max()) < 0.05
+    per_row = bench.int8_copy(teacher, per_channel=True).hf.encoder.layer[0].intermediate.dense.weight()
+    assert per_row.qscheme() == torch.per_channel_affine and per_row.q_per_channel_scales().numel() > 1
+    half = bench.low_precision(teacher, "bf16")
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     with torch.no_grad():
-        assert 0.0 < float((q(ids) - teacher(ids)).abs().max()) < 0.05
+        assert 0.0 < float((half(ids).float() - teacher(ids)).abs().max()) < 0.05
+    assert {p.dtype for p in teacher.parameters()} == {torch.float32}
 
 
 def test_student_tta_scores_each_seed_with_1_5_and_9_views(tmp_path: Path) -> None:
