@@ -302,6 +302,60 @@ def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_te
     assert {p.dtype for p in teacher.parameters()} == {torch.float32}
 
 
+def test_encoder_qat_fake_int8_matches_the_int8_kernel_and_trains_through_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The fake-quantised model computes what the per-row int8 copy computes (far closer to it than to the float
+    model), gradients reach every weight through the rounding, unwrapping gives the plain layers back, and the
+    benchmark trains the control and the quantisation-aware student, scores each in both precisions, and reuses
+    the teacher's embeddings it stored."""
+    pytest.importorskip("transformers")
+    import copy
+
+    from torch import nn
+
+    from kdistill.encoder.models import load_encoder, save_encoder, shrink
+    from tests.encoder.tiny import make_encoder_dir, write_corpus
+
+    bench = _load("encoder_qat")
+    teacher_dir = make_encoder_dir(tmp_path / "t", hidden=64)
+    corpus = write_corpus(tmp_path / "c.txt", n=300)
+    teacher, tok, _ = load_encoder(str(teacher_dir))
+    student = shrink(teacher, 1).eval()
+    ids = torch.randint(5, 40, (4, 9))
+    with torch.no_grad():
+        ref, real = student(ids), bench.int8_copy(student, per_channel=True)(ids)
+    fake = copy.deepcopy(student)
+    n = sum(type(m) is nn.Linear for m in fake.hf.modules())
+    assert bench.fake_quantize(fake.hf) == n > 0
+    assert sum(isinstance(m, bench.FakeInt8Linear) for m in fake.hf.modules()) == n  # each layer wrapped once
+    out = fake(ids)
+    assert float((out.detach() - real).abs().max()) < 0.3 * float((ref - real).abs().max())
+    out.sum().backward()
+    weights = [  # the pooler's layer is not on the path to a mean-pooled embedding
+        m.linear.weight for n, m in fake.hf.named_modules() if isinstance(m, bench.FakeInt8Linear) and "pooler" not in n
+    ]
+    assert weights and all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights)
+    bench.unwrap(fake.hf)
+    assert sum(type(m) is nn.Linear for m in fake.hf.modules()) == n
+    assert not any(isinstance(m, bench.FakeInt8Linear) for m in fake.modules())
+
+    save_encoder(student, tok, tmp_path / "S1")
+    args = [str(tmp_path / "S1"), "--teacher", str(teacher_dir), "--files", str(corpus), "--epochs", "1",
+            "--batch-size", "8", "--lr", "1e-3", "--queries", "20", "--k", "5", "--max-length", "16",
+            "--threads", "1", "--out", str(tmp_path / "out")]  # fmt: skip
+    res = bench.main(args)
+    labels = ["as given", "trained on, float32", "trained on with fake int8"]
+    assert list(res) == [f"{m} {p}" for m in labels for p in ("float32", "int8-pc")]
+    assert all(-1.0 <= r["cos"] <= 1.0 and 0.0 <= r["agreement"] <= 1.0 for r in res.values())
+    assert res["trained on, float32 float32"] != res["as given float32"]  # an epoch at 1e-3 moves it
+    kept, _, _ = load_encoder(str(tmp_path / "out" / "trained_on_with_fake_int8"))
+    assert not any(isinstance(m, bench.FakeInt8Linear) for m in kept.modules())
+    assert "teacher embeddings of" in capsys.readouterr().out
+    assert bench.main(args) == res  # the teacher's embeddings read back, the training repeated exactly
+    assert "teacher embeddings of" not in capsys.readouterr().out
+
+
 def test_student_tta_scores_each_seed_with_1_5_and_9_views(tmp_path: Path) -> None:
     """Each group's students are scored with the views the teacher option uses; the 1-view score is the model's
     own test accuracy; a run directory without exactly one student is refused by name."""
