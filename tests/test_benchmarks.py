@@ -333,7 +333,9 @@ def test_encoder_qat_fake_int8_matches_the_int8_kernel_and_trains_through_it(
     assert float((out.detach() - real).abs().max()) < 0.3 * float((ref - real).abs().max())
     out.sum().backward()
     weights = [  # the pooler's layer is not on the path to a mean-pooled embedding
-        m.linear.weight for n, m in fake.hf.named_modules() if isinstance(m, bench.FakeInt8Linear) and "pooler" not in n
+        m.linear.weight
+        for name, m in fake.hf.named_modules()
+        if isinstance(m, bench.FakeInt8Linear) and "pooler" not in name
     ]
     assert weights and all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights)
     bench.unwrap(fake.hf)
