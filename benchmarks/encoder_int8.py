@@ -23,9 +23,7 @@ like). Test sentences: the corpus' test split as a run deals it (the standard li
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -39,28 +37,7 @@ from kdistill.encoder.evaluate import embed, mean_cosine, neighbour_agreement  #
 from kdistill.encoder.models import PACKAGE_PATH, load_encoder  # noqa: E402
 from kdistill.encoder.sentences import read_sentences, tokenize  # noqa: E402
 from kdistill.environment import environment, machine_line  # noqa: E402
-
-VARIANTS = ("int8", "int8-pc", "bf16")
-
-
-def int8_copy(model: nn.Module, per_channel: bool = False) -> nn.Module:
-    """A copy of ``model`` with every ``nn.Linear`` dynamically quantised to int8 (the model itself untouched):
-    one weight scale per matrix, or per output row with ``per_channel``."""
-    q = getattr(torch.ao, "quantization", None)
-    quantize = getattr(q, "quantize_dynamic", None)
-    if quantize is None:  # moved to torchao in newer PyTorch; say so instead of an AttributeError
-        raise SystemExit(f"encoder_int8: torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic")
-    spec = {nn.Linear: q.per_channel_dynamic_qconfig} if per_channel else {nn.Linear}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its deprecation notice, printed once per call
-        return quantize(copy.deepcopy(model).eval(), spec, dtype=torch.qint8)
-
-
-def low_precision(model: nn.Module, variant: str) -> nn.Module:
-    """The ``variant`` (one of :data:`VARIANTS`) copy of ``model``."""
-    if variant == "bf16":
-        return copy.deepcopy(model).eval().to(torch.bfloat16)
-    return int8_copy(model, per_channel=variant == "int8-pc")
+from kdistill.precision import VARIANTS, low_precision  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:

@@ -34,9 +34,6 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from encoder_int8 import int8_copy  # noqa: E402
 
 from kdistill.config import TrainConfig  # noqa: E402
 from kdistill.encoder.evaluate import embed, mean_cosine, neighbour_agreement  # noqa: E402
@@ -45,6 +42,7 @@ from kdistill.encoder.objectives import EncoderDistiller  # noqa: E402
 from kdistill.encoder.sentences import read_sentences, tokenize  # noqa: E402
 from kdistill.environment import environment, machine_line  # noqa: E402
 from kdistill.io import atomic_save  # noqa: E402
+from kdistill.precision import int8_copy  # noqa: E402
 from kdistill.teacher import FrozenTeacher  # noqa: E402
 from kdistill.trainer import fit  # noqa: E402
 

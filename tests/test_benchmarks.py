@@ -267,6 +267,7 @@ def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_te
     from torch import nn
 
     from kdistill.encoder.models import load_encoder, save_encoder, shrink
+    from kdistill.precision import int8_copy, low_precision
     from tests.encoder.tiny import make_encoder_dir, write_corpus
 
     bench = _load("encoder_int8")
@@ -288,14 +289,14 @@ def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_te
     with pytest.raises(SystemExit):
         bench.main([*args, "--variants", "int8,int4"])
     ids = torch.randint(5, 40, (3, 7))
-    for q in (bench.int8_copy(teacher), bench.int8_copy(teacher, per_channel=True)):
+    for q in (int8_copy(teacher, per_channel=False), int8_copy(teacher)):
         linears = [m for m in q.modules() if type(m) is nn.Linear]
         assert not linears and any(type(m) is nn.Linear for m in teacher.modules())  # the copy, not the model
         with torch.no_grad():
             assert 0.0 < float((q(ids) - teacher(ids)).abs().max()) < 0.05
-    per_row = bench.int8_copy(teacher, per_channel=True).hf.encoder.layer[0].intermediate.dense.weight()
+    per_row = int8_copy(teacher).hf.encoder.layer[0].intermediate.dense.weight()
     assert per_row.qscheme() == torch.per_channel_affine and per_row.q_per_channel_scales().numel() > 1
-    half = bench.low_precision(teacher, "bf16")
+    half = low_precision(teacher, "bf16")
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     with torch.no_grad():
         assert 0.0 < float((half(ids).float() - teacher(ids)).abs().max()) < 0.05
@@ -315,6 +316,7 @@ def test_encoder_qat_fake_int8_matches_the_int8_kernel_and_trains_through_it(
     from torch import nn
 
     from kdistill.encoder.models import load_encoder, save_encoder, shrink
+    from kdistill.precision import int8_copy
     from tests.encoder.tiny import make_encoder_dir, write_corpus
 
     bench = _load("encoder_qat")
@@ -324,7 +326,7 @@ def test_encoder_qat_fake_int8_matches_the_int8_kernel_and_trains_through_it(
     student = shrink(teacher, 1).eval()
     ids = torch.randint(5, 40, (4, 9))
     with torch.no_grad():
-        ref, real = student(ids), bench.int8_copy(student, per_channel=True)(ids)
+        ref, real = student(ids), int8_copy(student)(ids)
     fake = copy.deepcopy(student)
     n = sum(type(m) is nn.Linear for m in fake.hf.modules())
     assert bench.fake_quantize(fake.hf) == n > 0

@@ -413,9 +413,20 @@ def test_shipped_config_smoke_run_on_a_tiny_teacher(tmp_path: Path, tiny_dir: Pa
     run = tmp_path / "minilm_shrink-smoke"
     s = json.loads((run / "summary.json").read_text())
     roles = {(row["student"], row["role"]) for row in s["rows"]}
-    assert roles == {("teacher", "teacher")} | {(n, r) for n in ("L1", "N1") for r in ("init", "scratch", "kd")}
-    assert set(s["deploy"]["figures"]) == {"teacher", "L1", "N1"}
-    assert s["deploy"]["figures"]["N1"]["flops_per_sample"] < s["deploy"]["figures"]["teacher"]["flops_per_sample"]
+    trained = {(n, r) for n in ("L1", "N1") for r in ("init", "scratch", "kd")}
+    int8 = {("teacher int8", "int8"), ("L1 int8", "kd"), ("N1 int8", "kd")}  # the config's eval.int8: true
+    assert roles == {("teacher", "teacher")} | trained | int8
+    figs = s["deploy"]["figures"]
+    assert set(figs) == {"teacher", "L1", "N1", "teacher int8", "L1 int8", "N1 int8"}
+    assert figs["N1"]["flops_per_sample"] < figs["teacher"]["flops_per_sample"]
+    for name in ("teacher", "L1", "N1"):  # an int8 copy has the float model's weights and FLOPs, not fewer
+        assert figs[f"{name} int8"]["params"] == figs[name]["params"]
+        assert figs[f"{name} int8"]["flops_per_sample"] == figs[name]["flops_per_sample"]
+    copy = next(row for row in s["rows"] if row["student"] == "teacher int8")
+    # scored like a student; int8 moves the tiny teacher's embeddings too little to show at float32 rounding
+    assert 0.0 <= copy["agreement"] <= 1.0 and 0.99 < copy["cos"] <= 1.0
+    assert set(s["goals"]) == {"L1", "N1", "L1 int8", "N1 int8"}  # each kd copy against the float32 teacher
+    assert "`… int8`" in (run / "summary.md").read_text()
     assert all(e["ok"] for e in s["exports"].values()) and (run / "export" / "N1" / "student.onnx").is_file()
     kd = [row for row in s["rows"] if row["role"] == "kd" and row["student"] == "N1"]
     assert all(row["cos"] is not None for row in kd)  # the narrow kd student has a head into the teacher's space
@@ -482,7 +493,7 @@ def test_fixed_seed_reproduces_and_a_killed_run_resumes(tmp_path: Path, tiny_dir
     assert r.returncode == 0, r.stderr
     assert "L1-scratch-seed0: finished before the interruption, kept" in r.stdout + r.stderr
     a, b = (json.loads((tmp_path / f"{n}-smoke" / "summary.json").read_text())["rows"] for n in ("a", "b"))
-    assert len(a) == len(b) == 7
+    assert len(a) == len(b) == 10  # the teacher, 2 students × 3 roles, and the 3 int8 copies (eval.int8)
     for x, y in zip(a, b, strict=True):
         assert {k for k in x} == {k for k in y}
         for k in x:

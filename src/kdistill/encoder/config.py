@@ -169,6 +169,11 @@ class EvalConfig(StrictModel):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
     repeats: int = Field(20, ge=1)
     onnx: bool = Field(True, description="export the first seed's kd students as ONNX and check them in onnxruntime")
+    int8: bool = Field(
+        False,
+        description="also score and time an int8 copy (PyTorch's dynamic quantisation, one weight scale per output "
+        "row) of the teacher and of each timed student, named '<model> int8'",
+    )
 
 
 class EncoderExperimentConfig(PlainRunConfig):

@@ -1,8 +1,9 @@
 """``kdistill run`` of a ``task: encoder`` config: a pretrained sentence encoder (the teacher, frozen) -> its
 embeddings of every sentence, cached -> for every student size and seed: the student as initialised (``init``),
 trained without the teacher (``scratch``: SimCSE on the same sentences, same steps, same initialisation) and
-distilled (``kd``) -> mean cosine and neighbour agreement with the teacher on held-out sentences -> params,
-FLOPs and CPU latency of the teacher and the students, timed together -> ONNX export with an onnxruntime
+distilled (``kd``) -> mean cosine and neighbour agreement with the teacher on held-out sentences (with
+``eval.int8``, also of per-row int8 copies of the teacher and the first seed's students) -> params, FLOPs and
+CPU latency of the teacher and the students (and copies), timed together -> ONNX export with an onnxruntime
 parity check -> summary, report. ``device`` says where the teacher embeds and the students train and are scored
 (a GPU when there is one); latency is measured and ONNX exported on CPU copies. The run directory::
 
@@ -51,6 +52,7 @@ from kdistill.export import check_onnx, export_onnx
 from kdistill.io import atomic_save, atomic_write_text, safe_load
 from kdistill.lock import run_lock
 from kdistill.models import count_params
+from kdistill.precision import int8_copy
 from kdistill.report.encoder import write_encoder_summary
 from kdistill.taps import freeze
 from kdistill.teacher import FrozenTeacher
@@ -114,6 +116,7 @@ def _run_encoder(cfg: EncoderExperimentConfig, smoke: bool, resume: bool) -> dic
 
     rows = [_teacher_row(run)]
     students: dict[str, SentenceEncoder] = {}
+    timed_role: dict[str, str] = {}
     for spec in cfg.students:
         for seed in cfg.seeds:
             for role in cfg.roles:
@@ -121,7 +124,9 @@ def _run_encoder(cfg: EncoderExperimentConfig, smoke: bool, resume: bool) -> dic
                 rows.append(row)
                 if seed == cfg.seeds[0] and (role == "kd" or spec.name not in students):
                     students[spec.name] = model  # what is timed and exported: kd when trained, else as it is
-    deploy = _deploy(run, students)
+                    timed_role[spec.name] = role
+    int8 = _int8_copies(run, students, timed_role, rows) if cfg.eval.int8 else {}
+    deploy = _deploy(run, students, int8)
     exports = _export(run, students) if cfg.eval.onnx and "kd" in cfg.roles else {}
     return write_encoder_summary(run_dir, resolved, rows, data, deploy, exports, smoke)
 
@@ -386,8 +391,28 @@ def _scores(run: EncoderRun, student: SentenceEncoder, tokens: Tokens) -> dict:
 # ----------------------------------------------------------------------------- deployment
 
 
-def _deploy(run: EncoderRun, students: dict[str, SentenceEncoder]) -> dict:
-    """Params, FLOPs and CPU latency (1 thread) of the teacher and each student, timed together."""
+def _int8_copies(
+    run: EncoderRun, students: dict[str, SentenceEncoder], timed_role: dict[str, str], rows: list[dict]
+) -> dict[str, nn.Module]:
+    """``eval.int8``: a per-row int8 copy of the teacher and of each timed student, named ``"<model> int8"``,
+    scored like the students (one row each: role ``int8`` for the teacher's copy, the copied student's role for
+    the others, so that a kd student's copy gets its own goal line, against the float32 teacher)."""
+    sources = {"teacher": (run.teacher, run.tokens, "int8")}
+    sources |= {name: (m, run.student_tokens[name], timed_role[name]) for name, m in students.items()}
+    copies = {}
+    for name, (model, tokens, role) in sources.items():
+        q = int8_copy(model)
+        copies[f"{name} int8"] = q
+        row = {"student": f"{name} int8", "role": role, "seed": run.cfg.seeds[0], "params": count_params(model)}
+        row |= {"layers": layer_count(model), "width": model.width, **_scores(run, q, tokens)}
+        rows.append(row)
+        log(f"{name} int8: cosine {_f(row['cos'])}, neighbours {row['agreement']:.3f}")
+    return copies
+
+
+def _deploy(run: EncoderRun, students: dict[str, SentenceEncoder], int8: dict[str, nn.Module]) -> dict:
+    """Params, FLOPs and CPU latency (1 thread) of the teacher and each student (and their int8 copies), timed
+    together."""
     e = run.cfg.eval
     L = e.latency_tokens or max(2, round(statistics.median(run.tokens["test"].lengths.tolist())))
     # ids every model has (a student with its own tokenizer may have fewer), above padding and special tokens
@@ -397,7 +422,7 @@ def _deploy(run: EncoderRun, students: dict[str, SentenceEncoder]) -> dict:
     def ids(b: int, g: torch.Generator) -> torch.Tensor:
         return torch.randint(lo, vocab, (b, L), generator=g)
 
-    models = {"teacher": run.teacher, **students}
+    models = {"teacher": run.teacher, **students, **int8}
     t0 = time.perf_counter()
     figures = measure_many(
         models,
@@ -407,6 +432,9 @@ def _deploy(run: EncoderRun, students: dict[str, SentenceEncoder]) -> dict:
         batch_sizes=e.batch_sizes,
         make_input=ids,
     )
+    for name in int8:  # packed int8 weights are not parameters, and the FLOP counter skips quantised matmuls
+        source = figures[name.removesuffix(" int8")]
+        figures[name] |= {"params": source["params"], "flops_per_sample": source["flops_per_sample"]}
     log(
         f"deploy: {len(models)} models timed at {L} tokens, batches {e.batch_sizes}, in {time.perf_counter() - t0:.0f}s"
     )

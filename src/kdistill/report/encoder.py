@@ -134,6 +134,12 @@ def encoder_markdown(summary: dict) -> str:
         "(– when its width differs and it has no head); linear map: after the least-squares map from the student's "
         "embeddings of the training sentences to the teacher's.",
     ]
+    if any(r["student"].endswith(" int8") for r in summary["rows"]):
+        lines[-1] += (
+            " Models named `… int8`: the first seed's model (or the teacher) with every Linear dynamically "
+            "quantised to int8, one weight scale per output row (`eval.int8`), scored against the float32 teacher; "
+            "their params and FLOPs are the float model's."
+        )
     dh, dr = deploy_table(summary["deploy"])
     if dr:
         dep = summary["deploy"]
