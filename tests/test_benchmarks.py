@@ -347,7 +347,7 @@ def test_encoder_qat_fake_int8_matches_the_int8_kernel_and_trains_through_it(
     save_encoder(student, tok, tmp_path / "S1")
     args = [str(tmp_path / "S1"), "--teacher", str(teacher_dir), "--files", str(corpus), "--epochs", "1",
             "--batch-size", "8", "--lr", "1e-3", "--queries", "20", "--k", "5", "--max-length", "16",
-            "--threads", "1", "--out", str(tmp_path / "out")]  # fmt: skip
+            "--threads", "1", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]  # fmt: skip
     res = bench.main(args)
     labels = ["as given", "trained on, float32", "trained on with fake int8"]
     assert list(res) == [f"{m} {p}" for m in labels for p in ("float32", "int8-pc")]

@@ -34,7 +34,8 @@ def int8_copy(model: nn.Module, per_channel: bool = True) -> nn.Module:
     spec = {nn.Linear: q.per_channel_dynamic_qconfig} if per_channel else {nn.Linear}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its deprecation notice, printed once per call
-        return quantize(copy.deepcopy(model).cpu().eval(), spec, dtype=torch.qint8)
+        # in place on our own CPU copy: left to itself, quantize_dynamic would deep-copy the model a second time
+        return quantize(copy.deepcopy(model).cpu(), spec, dtype=torch.qint8, inplace=True)
 
 
 def low_precision(model: nn.Module, variant: str) -> nn.Module:

@@ -170,26 +170,35 @@ def _describe(
 
 
 def _teacher_cache(run: EncoderRun) -> dict[str, torch.Tensor]:
-    """The teacher's embeddings of every split, computed once per split and teacher and shared by every run under
-    ``output_dir`` (``_teacher_cache/encoder/``): runs of other students over the same sentences read them back,
-    and a run with a larger transfer set recomputes only its training split."""
+    """The teacher's embeddings of every split, shared by every run under ``output_dir``
+    (:func:`teacher_embeddings`)."""
+    splits = {s: run.tokens[s].split for s in SPLITS}
+    return teacher_embeddings(run.teacher, splits, Path(run.cfg.output_dir) / "_teacher_cache")[0]
+
+
+def teacher_embeddings(
+    teacher: SentenceEncoder, splits: dict[str, Split], root: Path
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The teacher's embeddings of each split, computed once per split and teacher and kept under
+    ``root/encoder/``: runs of other students over the same sentences (and benchmarks given the same ``root``)
+    read them back, and a run with a larger transfer set recomputes only its training split. Also returns the
+    names of the splits computed rather than read back."""
     # the weights, and what turns token states into the embedding (pooling is fixed; normalisation is not)
-    teacher = f"{state_fingerprint(run.teacher)}-normalize={run.teacher.normalize}"
-    root = Path(run.cfg.output_dir) / "_teacher_cache"
-    cache = {}
-    for s in SPLITS:
+    key = f"{state_fingerprint(teacher)}-normalize={teacher.normalize}"
+    cache, computed = {}, []
+    for s, split in splits.items():
         t0 = time.perf_counter()
-        split = run.tokens[s].split
 
         def compute(split: Split = split) -> dict:
-            return {"embeddings": embed(run.teacher, split, run.teacher.pad_id)}
+            return {"embeddings": embed(teacher, split, teacher.pad_id)}
 
         ids = [f"{tuple(split.x.shape)}", fingerprint(split.x)]  # the token ids, as the image caches key inputs
-        got, reused = shared_file(root, "encoder", [teacher, *ids], compute)
+        got, reused = shared_file(root, "encoder", [key, *ids], compute)
         cache[s] = got["embeddings"]
         if not reused:
+            computed.append(s)
             log(f"teacher: {len(split):,} {s} sentence embeddings cached in {time.perf_counter() - t0:.1f}s")
-    return cache
+    return cache, computed
 
 
 def _fingerprint(tokens: Tokens) -> str:
