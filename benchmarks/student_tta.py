@@ -26,11 +26,13 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from kdistill.data import Split  # noqa: E402
 from kdistill.data.fashion_mnist import load_fashion_arrays  # noqa: E402
 from kdistill.data.store import Normalization, normalize  # noqa: E402
 from kdistill.deploy import measure_many  # noqa: E402
 from kdistill.environment import environment, machine_line  # noqa: E402
 from kdistill.models import load_model_file  # noqa: E402
+from kdistill.trainer import evaluate  # noqa: E402
 from kdistill.tta import ShiftAveraged  # noqa: E402
 
 VIEWS = {"1 view": None, "plus (5)": "plus", "grid (9)": "grid"}
@@ -59,12 +61,6 @@ def views(model: nn.Module, pattern: str | None, shift: int) -> nn.Module:
     return model if pattern is None else ShiftAveraged(model, shift, pattern).eval()
 
 
-@torch.inference_mode()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
-    right = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
-    return 100.0 * right / len(x)
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("groups", nargs="+", help="NAME=RUN_DIR[,RUN_DIR...]")
@@ -86,10 +82,11 @@ def main(argv: list[str] | None = None) -> dict:
             if not norm:
                 raise SystemExit(f"student_tta: {f} records no input normalization; save it from a kdistill run")
             x = normalize(raw[:, None], Normalization(norm["scale"], tuple(norm["mean"]), tuple(norm["std"])))
+            test = Split(x, y, torch.arange(len(y)))
             if first is None:
                 first = model
             for label, pattern in VIEWS.items():
-                per_view[label].append(accuracy(views(model, pattern, a.shift), x, y))
+                per_view[label].append(100.0 * evaluate(views(model, pattern, a.shift), test).acc)
         out["groups"][name] = per_view
     print("| students | " + " | ".join(f"test acc %, {v}" for v in VIEWS) + " |")
     print("|---|" + "---:|" * len(VIEWS))
