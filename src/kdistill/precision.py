@@ -104,11 +104,16 @@ def smooth_copy(model: nn.Module, calibrate: Calibrate, alpha: float = SMOOTH_AL
 
 
 def int8_copy(
-    model: nn.Module, per_channel: bool = True, calibrate: Calibrate | None = None, alpha: float = SMOOTH_ALPHA
+    model: nn.Module,
+    per_channel: bool = True,
+    calibrate: Calibrate | None = None,
+    alpha: float = SMOOTH_ALPHA,
+    keep_float: Callable[[str], bool] | None = None,
 ) -> nn.Module:
     """A CPU copy of ``model`` in eval mode with every ``nn.Linear`` dynamically quantised to int8: one weight
     scale per output row (``per_channel``) or per matrix (PyTorch's default recipe); smoothed first
-    (:func:`smooth_copy`, strength ``alpha``) when ``calibrate`` is given."""
+    (:func:`smooth_copy`, strength ``alpha``) when ``calibrate`` is given. ``keep_float(name)`` true leaves that
+    Linear (by dotted name in ``model``) in float: mixed precision, or finding where int8 loses."""
     q = getattr(torch.ao, "quantization", None)
     quantize = getattr(q, "quantize_dynamic", None)
     if quantize is None:  # moved to torchao in newer PyTorch; say so instead of an AttributeError
@@ -116,12 +121,24 @@ def int8_copy(
             f"torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic: int8 copies need a PyTorch "
             "that has it (2.x up to at least 2.13)"
         )
-    spec = {nn.Linear: q.per_channel_dynamic_qconfig} if per_channel else {nn.Linear}
+    qconfig = q.per_channel_dynamic_qconfig if per_channel else q.default_dynamic_qconfig
     own = smooth_copy(model, calibrate, alpha) if calibrate is not None else copy.deepcopy(model).cpu()
+    spec: Any = {nn.Linear: qconfig}
+    if keep_float is not None:  # the Linears to quantise, by name in the copy (a smoothed one sits one level down)
+        spec = {
+            n: qconfig for n, m in own.named_modules() if isinstance(m, nn.Linear) and not keep_float(_source(own, n))
+        }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its deprecation notice, printed once per call
         # in place on our own CPU copy: left to itself, quantize_dynamic would deep-copy the model a second time
         return quantize(own, spec, dtype=torch.qint8, inplace=True).eval()
+
+
+def _source(copy_: nn.Module, name: str) -> str:
+    """The name a Linear of a (smoothed) copy had in the model it was copied from."""
+    parent, _, child = name.rpartition(".")
+    wrapped = child == "linear" and isinstance(copy_.get_submodule(parent) if parent else copy_, SmoothedLinear)
+    return parent if wrapped else name
 
 
 def low_precision(
