@@ -132,3 +132,17 @@ def test_int8_copy_keeps_the_linears_it_is_told_to_in_float(smooth: bool) -> Non
     assert type(last) is nn.Linear and type(first) is not nn.Linear  # "2" by its name in the model, not the copy
     assert first.weight().qscheme() == torch.per_channel_affine
     assert torch.equal(int8_copy(model, keep_float=lambda name: True)(x), model.eval()(x))  # nothing quantised
+
+
+def test_smoothing_a_linear_used_in_two_places_smooths_both_uses() -> None:
+    """One Linear module applied at two places (shared weights): both uses must see the scaled inputs, or the copy
+    computes another function."""
+    shared = nn.Linear(16, 16)
+    model = nn.Sequential(shared, nn.Tanh(), shared)
+    x = _outlier_inputs()
+    smoothed = smooth_copy(model, lambda m: m(x), 0.85)
+    assert isinstance(smoothed[0], SmoothedLinear) and smoothed[0] is smoothed[2]
+    with torch.no_grad():
+        assert torch.allclose(smoothed(x), model(x), rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(smooth_copy(shared, lambda m: m(x))(x), shared(x), rtol=1e-4, atol=1e-4)  # alone

@@ -88,18 +88,22 @@ def smooth_copy(model: nn.Module, calibrate: Calibrate, alpha: float = SMOOTH_AL
         raise ValueError(f"smoothing alpha {alpha} must lie in [0, 1] (SmoothQuant's migration strength)")
     ranges = input_ranges(model, calibrate)
     out = copy.deepcopy(model).cpu().eval()
-    linears = {n: m for n, m in out.named_modules() if isinstance(m, nn.Linear) and n in ranges}
-    for name, lin in linears.items():
+    wrapped: dict[int, SmoothedLinear] = {}  # by the Linear's identity: one wrapper wherever it is used
+    for name, lin in out.named_modules():
+        if not isinstance(lin, nn.Linear) or name not in ranges:
+            continue
         w_max = lin.weight.abs().amax(0).float().clamp(min=1e-5)
         s = (ranges[name].clamp(min=1e-5) ** alpha / w_max ** (1 - alpha)).clamp(min=1e-5)
         # a new tensor, not in place: a weight tied to another module (a language model's head and its token
         # embeddings) must keep its values there
         lin.weight = nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype))
-        parent_name, _, child = name.rpartition(".")
-        parent = out.get_submodule(parent_name) if parent_name else out
-        if parent is lin:  # the model is one Linear: nothing to hang the wrapper on
-            return SmoothedLinear(lin, (1 / s).to(lin.weight.dtype)).eval()
-        setattr(parent, child, SmoothedLinear(lin, (1 / s).to(lin.weight.dtype)))
+        wrapped[id(lin)] = SmoothedLinear(lin, (1 / s).to(lin.weight.dtype))
+    if id(out) in wrapped:  # the model is one Linear: nothing to hang the wrapper on
+        return wrapped[id(out)].eval()
+    for parent in list(out.modules()):  # every place a smoothed Linear sits, a shared one in each of them
+        for child_name, child in list(parent._modules.items()):  # named_children would skip a repeated child
+            if child is not None and id(child) in wrapped:
+                setattr(parent, child_name, wrapped[id(child)])
     return out
 
 
