@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -142,23 +142,41 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     return out
 
 
+def score_table(
+    title: str,
+    column: str,
+    copies: Iterable[tuple[str, nn.Module]],
+    teacher: nn.Module,
+    split: Split,
+    a: argparse.Namespace,
+    align: str = "---",
+) -> None:
+    """Print a table of ``copies`` (built one at a time) scored against the float32 teacher on ``split``; ``title``
+    may name ``{n}`` (sentences), ``{queries}`` and ``{k}``; ``align`` is the first column's Markdown alignment."""
+    with torch.inference_mode():
+        target = embed(teacher, split, teacher.pad_id)
+        k = min(a.k, len(split) - 1)
+        print(title.format(n=f"{len(split):,}", queries=a.queries, k=k) + "\n")
+        print(f"| {column} | cosine with teacher | neighbour agreement |\n|{align}|---:|---:|")
+        for name, m in copies:
+            e = embed(m, split, teacher.pad_id)
+            print(f"| {name} | {mean_cosine(e, target):.4f} | {neighbour_agreement(e, target, a.queries, k):.4f} |")
+    print()
+
+
 def sweep_alpha(
     teacher: nn.Module, calibrate: Callable[[nn.Module], object], val: Split, a: argparse.Namespace
 ) -> None:
     """The teacher's int8 copy at each SmoothQuant strength, scored on the validation sentences (never the test
     ones the table reports), unsmoothed first."""
     alphas = [float(x) for x in a.sweep_alpha.split(",") if x]
-    with torch.inference_mode():
-        target = embed(teacher, val, teacher.pad_id)
-        k = min(a.k, len(val) - 1)
-        print(f"SmoothQuant strength on {len(val):,} validation sentences ({a.queries} queries, k {k}):\n")
-        print("| alpha | cosine with teacher | neighbour agreement |\n|---:|---:|---:|")
-        for alpha in [None, *alphas]:
-            q = int8_copy(teacher) if alpha is None else int8_copy(teacher, calibrate=calibrate, alpha=alpha)
-            e = embed(q, val, teacher.pad_id)
-            name = "none (int8-pc)" if alpha is None else f"{alpha:g}"
-            print(f"| {name} | {mean_cosine(e, target):.4f} | {neighbour_agreement(e, target, a.queries, k):.4f} |")
-    print()
+    copies = (
+        ("none (int8-pc)", int8_copy(teacher)) if alpha is None
+        else (f"{alpha:g}", int8_copy(teacher, calibrate=calibrate, alpha=alpha))
+        for alpha in [None, *alphas]
+    )  # fmt: skip
+    title = "SmoothQuant strength on {n} validation sentences ({queries} queries, k {k}):"
+    score_table(title, "alpha", copies, teacher, val, a, align="---:")
 
 
 def rounded_weights(model: nn.Module) -> nn.Module:
@@ -184,17 +202,10 @@ def where_int8_loses(teacher: nn.Module, test: Split, a: argparse.Namespace) -> 
         "all but layer 0": lambda n: ".layer.0." in n,
         f"all but layer {n_layers - 1}": lambda n: f".layer.{n_layers - 1}." in n,
     }
-    copies = {f"int8-pc, {g}": int8_copy(teacher, keep_float=keep) for g, keep in groups.items()}
-    copies["weights rounded to int8 per row, activations float"] = rounded_weights(teacher)
-    with torch.inference_mode():
-        target = embed(teacher, test, teacher.pad_id)
-        k = min(a.k, len(test) - 1)
-        print(f"Where int8 loses, on the {len(test):,} test sentences:\n")
-        print("| teacher copy | cosine with teacher | neighbour agreement |\n|---|---:|---:|")
-        for name, m in copies.items():
-            e = embed(m, test, teacher.pad_id)
-            print(f"| {name} | {mean_cosine(e, target):.4f} | {neighbour_agreement(e, target, a.queries, k):.4f} |")
-    print()
+    copies = [(f"int8-pc, {g}", lambda keep=keep: int8_copy(teacher, keep_float=keep)) for g, keep in groups.items()]
+    copies.append(("weights rounded to int8 per row, activations float", lambda: rounded_weights(teacher)))
+    built = ((name, make()) for name, make in copies)
+    score_table("Where int8 loses, on the {n} test sentences:", "teacher copy", built, teacher, test, a)
 
 
 if __name__ == "__main__":

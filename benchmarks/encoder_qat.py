@@ -42,7 +42,7 @@ from kdistill.encoder.objectives import EncoderDistiller  # noqa: E402
 from kdistill.encoder.sentences import read_sentences, tokenize  # noqa: E402
 from kdistill.environment import environment, machine_line  # noqa: E402
 from kdistill.experiment.encoder_run import teacher_embeddings  # noqa: E402
-from kdistill.precision import int8_copy  # noqa: E402
+from kdistill.precision import int8_copy, int8_rows, replace_modules  # noqa: E402
 from kdistill.teacher import FrozenTeacher  # noqa: E402
 from kdistill.trainer import fit  # noqa: E402
 
@@ -63,8 +63,7 @@ class FakeInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.linear.weight
-        s = (w.detach().abs().amax(1, keepdim=True) / 127.5).clamp_min(1e-12)
-        wq = _round_ste(w, (w / s).round().clamp(-128, 127) * s)
+        wq = _round_ste(w, int8_rows(w.detach()))
         lo, hi = x.detach().amin().clamp(max=0.0), x.detach().amax().clamp(min=0.0)
         sx = ((hi - lo) / 127).clamp_min(1e-12)
         zp = (-lo / sx).round()
@@ -74,19 +73,14 @@ class FakeInt8Linear(nn.Module):
 
 def fake_quantize(model: nn.Module) -> int:
     """Wrap every ``nn.Linear`` of ``model`` in :class:`FakeInt8Linear`, in place; returns how many."""
-    found = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
-    for name, linear in found:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, FakeInt8Linear(linear))
+    found = {m: FakeInt8Linear(m) for m in model.modules() if type(m) is nn.Linear}
+    replace_modules(model, found)
     return len(found)
 
 
 def unwrap(model: nn.Module) -> None:
     """Undo :func:`fake_quantize`, in place: the plain ``nn.Linear`` layers (with the trained weights) return."""
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, FakeInt8Linear)]
-    for name, wrapper in found:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, wrapper.linear)
+    replace_modules(model, {m: m.linear for m in model.modules() if isinstance(m, FakeInt8Linear)})
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:

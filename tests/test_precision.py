@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from kdistill.precision import VARIANTS, SmoothedLinear, input_ranges, int8_copy, low_precision, smooth_copy
+from kdistill.precision import (
+    VARIANTS,
+    SmoothedLinear,
+    input_ranges,
+    int8_copy,
+    int8_rows,
+    low_precision,
+    smooth_copy,
+)
 
 
 def _mlp() -> nn.Module:
@@ -146,3 +154,15 @@ def test_smoothing_a_linear_used_in_two_places_smooths_both_uses() -> None:
         assert torch.allclose(smoothed(x), model(x), rtol=1e-4, atol=1e-4)
     with torch.no_grad():
         assert torch.allclose(smooth_copy(shared, lambda m: m(x))(x), shared(x), rtol=1e-4, atol=1e-4)  # alone
+
+
+def test_int8_rows_is_the_grid_the_int8_copy_stores() -> None:
+    """The same per-row scale and values as the kernel's stored weights; only a row's largest magnitude, exactly
+    half-way between two levels (127.5 steps), may round one step apart."""
+    model = _mlp()
+    w = model[0].weight.detach()
+    stored, grid = int8_copy(model)[0].weight().dequantize().float(), int8_rows(w)
+    step = (w.abs().amax(1, keepdim=True) / 127.5).expand_as(w)
+    tie = ((w / step).abs() - 127.5).abs() < 1e-4
+    assert torch.allclose(grid[~tie], stored[~tie], rtol=0, atol=1e-6)
+    assert ((grid - stored).abs()[tie] <= step[tie] * 1.0001).all() and int(tie.sum()) <= len(w)

@@ -88,7 +88,7 @@ def smooth_copy(model: nn.Module, calibrate: Calibrate, alpha: float = SMOOTH_AL
         raise ValueError(f"smoothing alpha {alpha} must lie in [0, 1] (SmoothQuant's migration strength)")
     ranges = input_ranges(model, calibrate)
     out = copy.deepcopy(model).cpu().eval()
-    wrapped: dict[int, SmoothedLinear] = {}  # by the Linear's identity: one wrapper wherever it is used
+    wrapped: dict[nn.Module, nn.Module] = {}  # by the Linear's identity: one wrapper wherever it is used
     for name, lin in out.named_modules():
         if not isinstance(lin, nn.Linear) or name not in ranges:
             continue
@@ -97,14 +97,28 @@ def smooth_copy(model: nn.Module, calibrate: Calibrate, alpha: float = SMOOTH_AL
         # a new tensor, not in place: a weight tied to another module (a language model's head and its token
         # embeddings) must keep its values there
         lin.weight = nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype))
-        wrapped[id(lin)] = SmoothedLinear(lin, (1 / s).to(lin.weight.dtype))
-    if id(out) in wrapped:  # the model is one Linear: nothing to hang the wrapper on
-        return wrapped[id(out)].eval()
-    for parent in list(out.modules()):  # every place a smoothed Linear sits, a shared one in each of them
-        for child_name, child in list(parent._modules.items()):  # named_children would skip a repeated child
-            if child is not None and id(child) in wrapped:
-                setattr(parent, child_name, wrapped[id(child)])
-    return out
+        wrapped[lin] = SmoothedLinear(lin, (1 / s).to(lin.weight.dtype))
+    return replace_modules(out, wrapped).eval()
+
+
+def replace_modules(model: nn.Module, new: dict[nn.Module, nn.Module]) -> nn.Module:
+    """``model`` with each key module (by identity) replaced by its value wherever it sits, a module shared by
+    several parents in each of them; in place. Returns the model, or the value when the model itself is a key."""
+    if model in new:
+        return new[model]
+    for parent in list(model.modules()):  # listed first: the replacements' own children are not visited
+        for name, child in list(parent._modules.items()):  # named_children would skip a repeated child
+            if child is not None and child in new:
+                setattr(parent, name, new[child])
+    return model
+
+
+def int8_rows(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` rounded to the grid :func:`int8_copy` stores it on: int8 (-128..127) with one symmetric scale per
+    output row, ``max|w| / 127.5`` (PyTorch's per-channel symmetric observer); int8's weight error alone. A
+    row's largest magnitude lies half-way between two levels, and the kernel may round it one step the other way."""
+    scale = (weight.abs().amax(1, keepdim=True) / 127.5).clamp_min(1e-12)
+    return (weight / scale).round().clamp(-128, 127) * scale
 
 
 def int8_copy(
