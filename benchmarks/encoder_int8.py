@@ -44,7 +44,7 @@ from kdistill.encoder.evaluate import embed, mean_cosine, neighbour_agreement  #
 from kdistill.encoder.models import PACKAGE_PATH, load_encoder  # noqa: E402
 from kdistill.encoder.sentences import read_sentences, tokenize  # noqa: E402
 from kdistill.environment import environment, machine_line  # noqa: E402
-from kdistill.precision import SMOOTH_ALPHA, VARIANTS, int8_copy, low_precision  # noqa: E402
+from kdistill.precision import SMOOTH_ALPHA, VARIANTS, int8_copy, int8_rows, low_precision  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -180,13 +180,12 @@ def sweep_alpha(
 
 
 def rounded_weights(model: nn.Module) -> nn.Module:
-    """A float copy whose Linear weights are rounded to int8's grid, one scale per row: int8's weight error alone."""
+    """A float copy whose Linear weights are on the int8 copy's grid (``int8_rows``): int8's weight error alone."""
     out = copy.deepcopy(model).eval()
     with torch.no_grad():
         for m in out.modules():
             if isinstance(m, nn.Linear):
-                scale = m.weight.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
-                m.weight.copy_((m.weight / scale).round().clamp(-127, 127) * scale)
+                m.weight.copy_(int8_rows(m.weight))
     return out
 
 

@@ -269,7 +269,7 @@ def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_te
     from torch import nn
 
     from kdistill.encoder.models import load_encoder, save_encoder, shrink
-    from kdistill.precision import int8_copy, low_precision
+    from kdistill.precision import int8_copy, int8_rows, low_precision
     from tests.encoder.tiny import make_encoder_dir, write_corpus
 
     bench = _load("encoder_int8")
@@ -302,9 +302,11 @@ def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_te
     assert where[-1].startswith("| weights rounded to int8 per row, activations float |")
     scores = {line.split(" | ")[0]: float(line.split(" | ")[1]) for line in where}
     assert scores["| int8-pc, every Linear"] == pytest.approx(out["teacher int8-pc"]["cos"])  # the same copy
-    grid = bench.rounded_weights(teacher).hf.encoder.layer[0].intermediate.dense.weight
-    scale = grid.abs().amax(1, keepdim=True) / 127
+    grid = bench.rounded_weights(teacher).hf.encoder.layer[0].intermediate.dense.weight.detach()
+    weight = teacher.hf.encoder.layer[0].intermediate.dense.weight.detach()
+    scale = weight.abs().amax(1, keepdim=True) / 127.5  # the kernel's per-row scale
     assert torch.allclose(grid / scale, (grid / scale).round(), atol=1e-3)  # on int8's grid, row by row
+    assert torch.equal(grid, int8_rows(weight))
     ids = torch.randint(5, 40, (3, 7))
     for q in (int8_copy(teacher, per_channel=False), int8_copy(teacher)):
         linears = [m for m in q.modules() if type(m) is nn.Linear]
