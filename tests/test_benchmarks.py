@@ -296,6 +296,20 @@ def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_te
     )
     sweep = capsys.readouterr().out.split("\n\n")[1]  # the validation table comes before the test one
     assert [line.split(" | ")[0] for line in sweep.splitlines()[2:]] == ["| none (int8-pc)", "| 0.5", "| 1"]
+    fused = bench.main([*args, "--variants", "int8-pc,int8-sq", "--unfused", "--queries", "10", "--repeats", "1"])
+    assert list(fused)[:5] == [
+        "teacher",
+        "teacher int8-pc",
+        "teacher int8-pc unfused",
+        "teacher int8-sq",
+        "teacher int8-sq unfused",
+    ]
+    pc, pc_apart = fused["teacher int8-pc"], fused["teacher int8-pc unfused"]  # the same int8 result, bit for bit
+    assert (pc["cos"], pc["agreement"]) == (pc_apart["cos"], pc_apart["agreement"])
+    assert fused["teacher int8-sq unfused"]["x_same"] == pytest.approx(
+        fused["teacher int8-sq"]["ms_b1"] / fused["teacher int8-sq unfused"]["ms_b1"]
+    )  # like for like: against the fused teacher copy of its precision
+    capsys.readouterr()
     bench.main([*args, "--variants", "int8-pc", "--where", "--queries", "10", "--k", "3", "--repeats", "1"])
     where = capsys.readouterr().out.split("\n\n")[1].splitlines()[2:]
     assert len(where) == 7 and where[0].startswith("| int8-pc, every Linear |")

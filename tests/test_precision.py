@@ -1,7 +1,10 @@
 """Lower-precision copies (kdistill.precision): copies, not the model; the scheme each variant names; a clear error
-for an unknown one; SmoothQuant's scales in closed form, the float function kept, and the int8 error it saves."""
+for an unknown one; SmoothQuant's scales in closed form, the float function kept, and the int8 error it saves;
+Linears that read one input fused into one, with the same int8 result."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -9,11 +12,14 @@ from torch import nn
 
 from kdistill.precision import (
     VARIANTS,
+    FusedLinears,
+    LinearPart,
     SmoothedLinear,
     input_ranges,
     int8_copy,
     int8_rows,
     low_precision,
+    observe_inputs,
     smooth_copy,
 )
 
@@ -166,3 +172,127 @@ def test_int8_rows_is_the_grid_the_int8_copy_stores() -> None:
     tie = ((w / step).abs() - 127.5).abs() < 1e-4
     assert torch.allclose(grid[~tie], stored[~tie], rtol=0, atol=1e-6)
     assert ((grid - stored).abs()[tie] <= step[tie] * 1.0001).all() and int(tie.sum()) <= len(w)
+
+
+class _Attention(nn.Module):
+    """Three Linears on one input (query, key, value), one on another (the output), and one Linear shared by two
+    places with different inputs: what :func:`observe_inputs` must tell apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.query, self.key, self.value = nn.Linear(16, 8), nn.Linear(16, 8, bias=False), nn.Linear(16, 12)
+        self.out, self.shared = nn.Linear(12, 16), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        attn = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1)
+        h = self.shared(x + self.out(attn @ v))
+        return self.shared(torch.tanh(h))
+
+
+def _tokens(n: int = 4) -> torch.Tensor:
+    x = torch.stack([_outlier_inputs(6) for _ in range(n)])  # (n, 6 tokens, 16)
+    return x + torch.arange(n).view(-1, 1, 1)  # each sequence its own
+
+
+def test_observe_inputs_groups_only_linears_that_always_read_the_same_tensor() -> None:
+    model, x = _Attention(), _tokens()
+    ranges, groups = observe_inputs(model, lambda m: [m(x[i : i + 2]) for i in range(0, 4, 2)])
+    assert groups == [("query", "key", "value")]  # not "out" (its own input) nor "shared" (two inputs)
+    assert torch.equal(ranges["query"], x.abs().amax((0, 1))) and torch.equal(ranges["key"], ranges["query"])
+    # one Linear applied twice to one tensor is no group of its own
+    twice = nn.Linear(4, 4)
+    assert observe_inputs(twice, lambda m: m(m(torch.ones(2, 4)) * 0 + torch.ones(2, 4)))[1] == []
+
+
+@pytest.mark.parametrize("alpha", [None, 0.85])
+def test_fused_linears_compute_the_same_function_and_smooth_with_one_scale(alpha: float | None) -> None:
+    model, x = _Attention().eval(), _tokens()
+    fused = smooth_copy(model, lambda m: m(x), alpha, fuse=True)
+    assert isinstance(fused.query, LinearPart) and fused.query.fused is fused.key.fused is fused.value.fused
+    assert [fused.query.part, fused.key.part, fused.value.part] == [0, 1, 2]
+    f = fused.query.fused
+    assert isinstance(f, FusedLinears) and f.sizes == [8, 8, 12]
+    assert torch.equal(f.linear.bias[8:16], torch.zeros(8))  # the key had no bias
+    with torch.no_grad():
+        assert torch.allclose(fused(x), model(x), rtol=1e-4, atol=1e-4)
+    if alpha is None:
+        assert f.inv_scale is None and type(fused.out) is nn.Linear  # fused, nothing smoothed
+        assert torch.equal(f.linear.weight, torch.cat([model.query.weight, model.key.weight, model.value.weight]))
+    else:  # one scale for the group: the widest weight column of any member
+        w = torch.cat([model.query.weight, model.key.weight, model.value.weight]).detach().abs().amax(0)
+        s = x.abs().amax((0, 1)) ** alpha / w ** (1 - alpha)
+        assert torch.allclose(f.inv_scale, 1 / s, rtol=1e-5) and isinstance(fused.out, SmoothedLinear)
+    assert type(smooth_copy(model, lambda m: m(x), alpha, fuse=False).query) is not LinearPart
+
+
+def test_fused_parts_serve_each_input_once_in_any_order() -> None:
+    """Each part's output for the input it is given, whichever part is called first, however often; a new or
+    changed input is computed afresh; nothing is held once every part has been served; copies start empty."""
+    model, x = _Attention().eval(), _tokens()
+    fused = smooth_copy(model, lambda m: m(x), None, fuse=True)
+    f = fused.query.fused
+    y = x[0].clone()
+    with torch.no_grad():
+        ref = [model.query(y), model.key(y), model.value(y)]
+        for order in ([0, 1, 2], [2, 0, 1], [1, 1, 0, 2, 2, 0, 1]):
+            parts = [(fused.query, fused.key, fused.value)[i] for i in order]
+            for i, part in zip(order, parts, strict=True):
+                assert torch.allclose(part(y), ref[i], atol=1e-6)
+        for part in (fused.query, fused.key, fused.value):
+            part(y)
+        assert f._served == {}  # every part served: nothing held
+        fused.query(y)
+        y.mul_(2)  # changed in place after the group computed it: its version counter says so
+        assert torch.allclose(fused.key(y), model.key(y), atol=1e-6)
+        assert torch.allclose(fused.value(y), model.value(y), atol=1e-6)
+        assert len(f._served) == 1 and copy.deepcopy(fused).query.fused._served == {}  # a copy starts empty
+        assert torch.allclose(fused.query(y), model.query(y), atol=1e-6)
+    assert f._served == {}
+
+
+def test_int8_copy_fuses_per_row_copies_only_with_the_same_result() -> None:
+    """Fused per-row int8 is the unfused copy bit for bit (the same rows, one activation scale for the shared
+    input either way); one scale per matrix is never fused (it would become one scale for the group)."""
+    model, x = _Attention().eval(), _tokens()
+    calibrate = lambda m: m(x)  # noqa: E731
+    fused, apart = (
+        int8_copy(model, calibrate=calibrate, alpha=None),
+        int8_copy(model, calibrate=calibrate, alpha=None, fuse=False),
+    )
+    assert isinstance(fused.query, LinearPart) and type(apart.query) is not LinearPart
+    assert fused.query.fused.linear.weight().qscheme() == torch.per_channel_affine
+    with torch.no_grad():
+        assert torch.equal(fused(x), apart(x))
+        assert torch.equal(fused(x), int8_copy(model)(x))  # no calibrate: nothing fused or smoothed
+    assert type(int8_copy(model, per_channel=False, calibrate=calibrate, alpha=None).query) is not LinearPart
+    # low_precision: int8-pc and int8-sq fused when given calibrate
+    assert isinstance(low_precision(model, "int8-pc", calibrate).query, LinearPart)
+    sq = low_precision(model, "int8-sq", calibrate)
+    assert isinstance(sq.query, LinearPart) and sq.query.fused.inv_scale is not None
+
+
+def test_keep_float_never_fuses_a_float_linear_with_an_int8_one() -> None:
+    model, x = _Attention().eval(), _tokens()
+    q = int8_copy(model, calibrate=lambda m: m(x), keep_float=lambda name: name == "value")
+    assert type(q.value) is SmoothedLinear and type(q.value.linear) is nn.Linear  # apart, and in float
+    assert isinstance(q.query, LinearPart) and q.query.fused.sizes == [8, 8]  # query and key fused, in int8
+    assert q.query.fused.linear.weight().qscheme() == torch.per_channel_affine
+    whole = int8_copy(model, calibrate=lambda m: m(x), keep_float=lambda name: name in ("query", "key", "value"))
+    assert type(whole.query.fused.linear) is nn.Linear  # the whole group kept in float, by its members' names
+
+
+def test_fused_parts_keep_each_threads_input_apart() -> None:
+    """Two threads through one copy: a part called in one thread never returns what another thread's input made."""
+    import threading
+
+    model, x = _Attention().eval(), _tokens()
+    fused = smooth_copy(model, lambda m: m(x), None, fuse=True)
+    a, b = x[0].clone(), x[1].clone()
+    with torch.no_grad():
+        fused.query(a)  # this thread: a computed, key and value waiting
+        other = threading.Thread(target=lambda: [p(b) for p in (fused.query, fused.key, fused.value)])
+        other.start()
+        other.join()
+        assert torch.allclose(fused.key(a), model.key(a), atol=1e-6)

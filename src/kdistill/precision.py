@@ -11,7 +11,13 @@ deciding between a distilled student and a quantised teacher (or both) needs the
   handful of input channels 13-16 times larger than the median set the one scale of each call's activations and
   leave the others a few levels of the grid. Dividing each input channel by ``s_j = max|x_j|^a / max|W_:j|^(1-a)``
   and multiplying the weight's column j by ``s_j`` leaves the float function as it was and moves that range into
-  the weights, which have one scale per row: 0.906 of the neighbours instead of 0.797 at ``a`` 0.85.
+  the weights, which have one scale per row: 0.909 of the neighbours instead of 0.797 at ``a`` 0.85.
+- :class:`FusedLinears`: Linears that read the same input tensor (a transformer's query, key and value) as one
+  matrix with their rows stacked. In float this buys nothing measurable on a CPU, but dynamic int8 quantises
+  each Linear's input on every call, so three Linears on one input pay for three quantisations (and, smoothed,
+  three multiplications); fused they pay for one, with per-row int8 weights bit for bit the same. Given a
+  ``calibrate`` function, :func:`int8_copy` finds such groups by watching which Linears receive the very same
+  tensor.
 - :func:`low_precision`: one of :data:`VARIANTS` by name, bf16 included (fast only on CPUs with bf16 kernels).
 
 Every function returns a copy; the model passed in is left as it was.
@@ -20,6 +26,7 @@ Every function returns a copy; the model passed in is left as it was.
 from __future__ import annotations
 
 import copy
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +37,8 @@ from torch import nn
 VARIANTS = ("int8", "int8-pc", "int8-sq", "bf16")
 # Chosen on all-MiniLM-L6-v2's 655 validation sentences: its int8 copy keeps 0.669 / 0.817 / 0.880 / 0.907 /
 # 0.914 / 0.907 / 0.890 / 0.897 of its top-10 neighbours at alpha 0.5 / 0.6 / 0.7 / 0.8 / 0.85 / 0.9 / 0.95 / 1,
-# 0.809 unsmoothed (SmoothQuant's paper uses 0.5 for its language models; this encoder needs more migration)
+# 0.809 unsmoothed (SmoothQuant's paper uses 0.5 for its language models; this encoder needs more migration); with
+# query, key and value fused (one scale for the three) 0.85 is still the best, 0.912 (0.910 at 0.8, 0.903 at 0.9)
 SMOOTH_ALPHA = 0.85
 
 Calibrate = Callable[[nn.Module], Any]  # runs the model on representative inputs; what it returns is ignored
@@ -50,17 +58,81 @@ class SmoothedLinear(nn.Module):
         return self.linear(x * self.inv_scale)
 
 
+class FusedLinears(nn.Module):
+    """Several Linears with one input, as one: ``linear`` holds their weights stacked row-wise (a Linear without a
+    bias gets zeros), ``inv_scale`` (optional) is a SmoothQuant division shared by all of them. Each former
+    Linear becomes a :class:`LinearPart`; the first part called on an input computes every part's output, and
+    the others take theirs from it for the same tensor (by identity, and unchanged since: its version counter
+    where it has one). Once every part has been served the input is let go; the cache is per thread."""
+
+    def __init__(self, linears: list[nn.Linear], inv_scale: torch.Tensor | None = None) -> None:
+        super().__init__()
+        w = linears[0].weight
+        if len({lin.in_features for lin in linears}) != 1:
+            raise ValueError(f"FusedLinears: inputs differ in width {[lin.in_features for lin in linears]}")
+        self.sizes = [lin.out_features for lin in linears]
+        self.linear = nn.Linear(linears[0].in_features, sum(self.sizes), device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.cat([lin.weight for lin in linears]))
+            biases = [lin.bias if lin.bias is not None else torch.zeros_like(lin.weight[:, 0]) for lin in linears]
+            self.linear.bias.copy_(torch.cat(biases))
+        self.register_buffer("inv_scale", inv_scale)
+        self._served: dict[int, tuple] = {}  # thread id -> (input, its version, outputs not yet taken)
+
+    def forward(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        key = threading.get_ident()
+        version = None if x.is_inference() else x._version  # inference tensors keep no version counter
+        held = self._served.get(key)
+        if held is None or held[0] is not x or held[1] != version or held[2][part] is None:
+            y = self.linear(x if self.inv_scale is None else x * self.inv_scale)
+            held = (x, version, list(y.split(self.sizes, -1)))
+            self._served[key] = held
+        out, held[2][part] = held[2][part], None
+        if all(o is None for o in held[2]):
+            del self._served[key]  # every part served: hold no activations between calls
+        return out
+
+    def __getstate__(self) -> dict:  # a copy starts with nothing cached (copy.deepcopy, pickling)
+        return {**self.__dict__, "_served": {}}
+
+
+class LinearPart(nn.Module):
+    """One former Linear of a :class:`FusedLinears`: ``fused(x, part)``."""
+
+    def __init__(self, fused: FusedLinears, part: int) -> None:
+        super().__init__()
+        self.fused, self.part = fused, part
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(x, self.part)
+
+
 @torch.no_grad()
-def input_ranges(model: nn.Module, calibrate: Calibrate) -> dict[str, torch.Tensor]:
-    """Per ``nn.Linear`` of ``model`` (by dotted name): the largest ``|x|`` of each input channel over whatever
-    ``calibrate(model)`` runs through it, in eval mode. A Linear that never ran is left out."""
+def observe_inputs(model: nn.Module, calibrate: Calibrate) -> tuple[dict[str, torch.Tensor], list[tuple[str, ...]]]:
+    """Run ``calibrate(model)`` in eval mode and return, per ``nn.Linear`` by dotted name, the largest ``|x|`` of
+    each input channel (a Linear that never ran is left out), and the groups of Linears that received the very
+    same input tensor on every call (in the order they first ran, groups of two or more)."""
     ranges: dict[str, torch.Tensor] = {}
+    recent: list[tuple[torch.Tensor, list[str]]] = []  # the last few inputs and who read them
+    readers: dict[str, set[tuple[str, ...]]] = {}  # Linear -> every set of co-readers it was part of
+
+    def close(entry: tuple[torch.Tensor, list[str]]) -> None:
+        for n in entry[1]:
+            readers.setdefault(n, set()).add(tuple(entry[1]))
 
     def hook(name: str) -> Callable[..., None]:
         def record(_: nn.Module, inputs: tuple[torch.Tensor, ...], __: Any) -> None:
-            x = inputs[0].detach().float()
-            amax = x.reshape(-1, x.shape[-1]).abs().amax(0).cpu()
+            x = inputs[0]
+            amax = x.detach().float().reshape(-1, x.shape[-1]).abs().amax(0).cpu()
             ranges[name] = torch.maximum(ranges[name], amax) if name in ranges else amax
+            entry = next((e for e in recent if e[0] is x), None)
+            if entry is not None:
+                if name not in entry[1]:  # one Linear run twice on one tensor is no group
+                    entry[1].append(name)
+                return
+            recent.append((x, [name]))  # held, so that no other tensor can take its identity meanwhile
+            if len(recent) > 8:
+                close(recent.pop(0))
 
         return record
 
@@ -73,32 +145,70 @@ def input_ranges(model: nn.Module, calibrate: Calibrate) -> dict[str, torch.Tens
         model.train(was)
         for h in handles:
             h.remove()
+    for entry in recent:
+        close(entry)
     if not ranges:
-        raise ValueError("smoothing: calibrate(model) ran no nn.Linear of the model; give it inputs the model reads")
-    return ranges
+        raise ValueError(
+            "int8 calibration: calibrate(model) ran no nn.Linear of the model; give it inputs the model reads"
+        )
+    # a group: the same co-readers on every call of each of its members (a Linear also run elsewhere stays alone)
+    groups = {g for sets in readers.values() for g in sets if len(g) > 1 and all(readers[n] == {g} for n in g)}
+    return ranges, sorted(groups, key=lambda g: list(ranges).index(g[0]))
+
+
+def input_ranges(model: nn.Module, calibrate: Calibrate) -> dict[str, torch.Tensor]:
+    """Per ``nn.Linear`` of ``model`` (by dotted name): the largest ``|x|`` of each input channel over whatever
+    ``calibrate(model)`` runs through it, in eval mode. A Linear that never ran is left out."""
+    return observe_inputs(model, calibrate)[0]
 
 
 @torch.no_grad()
-def smooth_copy(model: nn.Module, calibrate: Calibrate, alpha: float = SMOOTH_ALPHA) -> nn.Module:
+def smooth_copy(
+    model: nn.Module,
+    calibrate: Calibrate,
+    alpha: float | None = SMOOTH_ALPHA,
+    fuse: bool = False,
+    apart: Callable[[str], object] | None = None,
+) -> nn.Module:
     """A CPU float copy of ``model`` (eval mode) in which every ``nn.Linear`` that ``calibrate`` reached is a
     :class:`SmoothedLinear` with ``s_j = max|x_j|^alpha / max|W_:j|^(1 - alpha)``: the same function (up to
     float rounding), with activations whose channels span far less range, ready for :func:`int8_copy`.
-    ``alpha`` 1 equalises the activations' channels entirely; 0 the weights' columns."""
-    if not 0.0 <= alpha <= 1.0:
+    ``alpha`` 1 equalises the activations' channels entirely; 0 the weights' columns; ``None`` smooths nothing.
+
+    ``fuse``: each group of Linears that read the same input on every call (:func:`observe_inputs`) becomes one
+    :class:`FusedLinears`, smoothed with one scale for the group (``max|W_:j|`` over all its members); Linears
+    for which ``apart(name)`` differs are never fused together (a group is split by it)."""
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"smoothing alpha {alpha} must lie in [0, 1] (SmoothQuant's migration strength)")
-    ranges = input_ranges(model, calibrate)
+    ranges, groups = observe_inputs(model, calibrate)
     out = copy.deepcopy(model).cpu().eval()
-    wrapped: dict[nn.Module, nn.Module] = {}  # by the Linear's identity: one wrapper wherever it is used
-    for name, lin in out.named_modules():
-        if not isinstance(lin, nn.Linear) or name not in ranges:
+    linears = {n: m for n, m in out.named_modules() if isinstance(m, nn.Linear) and n in ranges}
+    if apart is not None:  # split each group by apart(name), keeping its order
+        groups = [tuple(n for n in g if apart(n) == key) for g in groups for key in dict.fromkeys(map(apart, g))]
+    groups = [g for g in groups if fuse and len(g) > 1]
+
+    def scale(names: tuple[str, ...]) -> torch.Tensor:  # the members of a group share their input's range
+        assert alpha is not None
+        w_max = torch.stack([linears[n].weight.detach().abs().amax(0).float() for n in names]).amax(0)
+        return (ranges[names[0]].clamp(min=1e-5) ** alpha / w_max.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+
+    new: dict[nn.Module, nn.Module] = {}  # by the Linear's identity: one replacement wherever it is used
+    for g in groups:
+        members = [linears[n] for n in g]
+        s = None if alpha is None else scale(g)
+        fused = FusedLinears(members, None if s is None else (1 / s).to(members[0].weight.dtype))
+        if s is not None:
+            fused.linear.weight.mul_(s.to(fused.linear.weight.dtype))  # its own new weight, tied to nothing
+        new |= {lin: LinearPart(fused, i) for i, lin in enumerate(members)}
+    for name, lin in linears.items():
+        if alpha is None or lin in new:
             continue
-        w_max = lin.weight.abs().amax(0).float().clamp(min=1e-5)
-        s = (ranges[name].clamp(min=1e-5) ** alpha / w_max ** (1 - alpha)).clamp(min=1e-5)
+        s = scale((name,))
         # a new tensor, not in place: a weight tied to another module (a language model's head and its token
         # embeddings) must keep its values there
         lin.weight = nn.Parameter(lin.weight.detach() * s.to(lin.weight.dtype))
-        wrapped[lin] = SmoothedLinear(lin, (1 / s).to(lin.weight.dtype))
-    return replace_modules(out, wrapped).eval()
+        new[lin] = SmoothedLinear(lin, (1 / s).to(lin.weight.dtype))
+    return replace_modules(out, new).eval()
 
 
 def replace_modules(model: nn.Module, new: dict[nn.Module, nn.Module]) -> nn.Module:
@@ -125,13 +235,16 @@ def int8_copy(
     model: nn.Module,
     per_channel: bool = True,
     calibrate: Calibrate | None = None,
-    alpha: float = SMOOTH_ALPHA,
+    alpha: float | None = SMOOTH_ALPHA,
     keep_float: Callable[[str], bool] | None = None,
+    fuse: bool = True,
 ) -> nn.Module:
     """A CPU copy of ``model`` in eval mode with every ``nn.Linear`` dynamically quantised to int8: one weight
-    scale per output row (``per_channel``) or per matrix (PyTorch's default recipe); smoothed first
-    (:func:`smooth_copy`, strength ``alpha``) when ``calibrate`` is given. ``keep_float(name)`` true leaves that
-    Linear (by dotted name in ``model``) in float: mixed precision, or finding where int8 loses."""
+    scale per output row (``per_channel``) or per matrix (PyTorch's default recipe). Given ``calibrate``, first
+    smoothed (:func:`smooth_copy`, strength ``alpha``; ``None``: not smoothed) and, with ``fuse`` and
+    ``per_channel``, each group of Linears reading one input fused into one (:class:`FusedLinears`: one
+    activation quantisation instead of several). ``keep_float(name)`` true leaves that Linear (by dotted name in
+    ``model``) in float: mixed precision, or finding where int8 loses."""
     q = getattr(torch.ao, "quantization", None)
     quantize = getattr(q, "quantize_dynamic", None)
     if quantize is None:  # moved to torchao in newer PyTorch; say so instead of an AttributeError
@@ -140,9 +253,12 @@ def int8_copy(
             "that has it (2.x up to at least 2.13)"
         )
     qconfig = q.per_channel_dynamic_qconfig if per_channel else q.default_dynamic_qconfig
-    own = smooth_copy(model, calibrate, alpha) if calibrate is not None else copy.deepcopy(model).cpu()
+    if calibrate is not None:  # fused only per row: one scale per matrix would become one for the whole group
+        own = smooth_copy(model, calibrate, alpha, fuse=fuse and per_channel, apart=keep_float)
+    else:
+        own = copy.deepcopy(model).cpu()
     spec: Any = {nn.Linear: qconfig}
-    if keep_float is not None:  # the Linears to quantise, by name in the copy (a smoothed one sits one level down)
+    if keep_float is not None:  # the Linears to quantise, by name in the copy (a wrapped one sits lower down)
         spec = {
             n: qconfig for n, m in own.named_modules() if isinstance(m, nn.Linear) and not keep_float(_source(own, n))
         }
@@ -153,24 +269,37 @@ def int8_copy(
 
 
 def _source(copy_: nn.Module, name: str) -> str:
-    """The name a Linear of a (smoothed) copy had in the model it was copied from."""
+    """The name a Linear of a smoothed or fused copy had in the model it was copied from (for a fused one, the
+    first of its group's names: :func:`smooth_copy` fuses only Linears that ``apart`` keeps together)."""
     parent, _, child = name.rpartition(".")
-    wrapped = child == "linear" and isinstance(copy_.get_submodule(parent) if parent else copy_, SmoothedLinear)
-    return parent if wrapped else name
+    if child != "linear" or not parent:
+        return name
+    holder = copy_.get_submodule(parent)
+    if isinstance(holder, SmoothedLinear):
+        return parent
+    if isinstance(holder, FusedLinears):  # named under the first LinearPart that holds it: <part>.fused
+        return parent.rpartition(".")[0]
+    return name
 
 
 def low_precision(
-    model: nn.Module, variant: str, calibrate: Calibrate | None = None, alpha: float = SMOOTH_ALPHA
+    model: nn.Module,
+    variant: str,
+    calibrate: Calibrate | None = None,
+    alpha: float = SMOOTH_ALPHA,
+    fuse: bool = True,
 ) -> nn.Module:
     """The ``variant`` copy of ``model``: ``int8`` (one weight scale per matrix), ``int8-pc`` (per output row),
     ``int8-sq`` (per row after SmoothQuant of strength ``alpha``, which needs ``calibrate``) or ``bf16`` (weights
-    and activations in bfloat16)."""
+    and activations in bfloat16). The int8 copies fuse Linears that read one input when given ``calibrate`` and
+    ``fuse``."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown precision {variant!r}; choose from {', '.join(VARIANTS)}")
     if variant == "bf16":
         return copy.deepcopy(model).cpu().eval().to(torch.bfloat16)
-    if variant == "int8-sq":
-        if calibrate is None:
-            raise ValueError("int8-sq (SmoothQuant) needs calibrate: a function that runs the model on sample inputs")
-        return int8_copy(model, calibrate=calibrate, alpha=alpha)
-    return int8_copy(model, per_channel=variant == "int8-pc")
+    if variant == "int8-sq" and calibrate is None:
+        raise ValueError("int8-sq (SmoothQuant) needs calibrate: a function that runs the model on sample inputs")
+    if variant == "int8":  # one scale per matrix: neither smoothed nor fused, so nothing to calibrate
+        return int8_copy(model, per_channel=False)
+    smooth = alpha if variant == "int8-sq" else None
+    return int8_copy(model, calibrate=calibrate, alpha=smooth, fuse=fuse)

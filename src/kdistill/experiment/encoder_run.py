@@ -404,7 +404,8 @@ def _scores(run: EncoderRun, student: SentenceEncoder, tokens: Tokens) -> dict:
 def _int8_copies(
     run: EncoderRun, students: dict[str, SentenceEncoder], timed_role: dict[str, str], rows: list[dict]
 ) -> dict[str, nn.Module]:
-    """``eval.int8``: a per-row int8 copy (SmoothQuant first with ``eval.int8_smooth``) of the teacher and of each
+    """``eval.int8``: a per-row int8 copy (SmoothQuant first with ``eval.int8_smooth``; the Linears that read one
+    input, a layer's query, key and value, fused into one) of the teacher and of each
     timed student, named ``"<model> int8"``, scored like the students (one row each: role ``int8`` for the
     teacher's copy, the copied student's role for the others, so that a kd student's copy gets its own goal
     line, against the float32 teacher)."""
@@ -413,8 +414,8 @@ def _int8_copies(
     e = run.cfg.eval
     copies = {}
     for name, (model, tokens, role) in sources.items():
-        smooth = {} if e.int8_smooth is None else {"calibrate": _calibration(run, tokens), "alpha": e.int8_smooth}
-        q = int8_copy(model, **smooth)
+        # calibrated either way: the sentences also show which Linears read one input (fused: one quantisation)
+        q = int8_copy(model, calibrate=_calibration(run, tokens), alpha=e.int8_smooth)
         copies[f"{name} int8"] = q
         row = {"student": f"{name} int8", "role": role, "seed": run.cfg.seeds[0], "params": count_params(model)}
         row |= {"layers": layer_count(model), "width": model.width, **_scores(run, q, tokens)}
@@ -424,8 +425,9 @@ def _int8_copies(
 
 
 def _calibration(run: EncoderRun, tokens: Tokens) -> Callable[[nn.Module], torch.Tensor]:
-    """What SmoothQuant calibrates a model on: its embeddings of the first ``eval.int8_calibration`` training
-    sentences (never the test sentences it is scored on)."""
+    """What an int8 copy is calibrated on (SmoothQuant's ranges, which Linears share an input): the model's
+    embeddings of the first ``eval.int8_calibration`` training sentences (never the test sentences it is scored
+    on)."""
     train = tokens["train"].split
     sample = train.take(torch.arange(min(run.cfg.eval.int8_calibration, len(train))))
     return lambda model: embed(model, sample, model.pad_id)

@@ -138,7 +138,8 @@ def encoder_markdown(summary: dict) -> str:
         smooth = cfg["eval"].get("int8_smooth")
         lines[-1] += (
             " Models named `… int8`: the first seed's model (or the teacher) with every Linear dynamically "
-            "quantised to int8, one weight scale per output row (`eval.int8`)"
+            "quantised to int8, one weight scale per output row, the Linears that read one input (query, key, "
+            "value) fused into one (`eval.int8`)"
             + (
                 f", after SmoothQuant of strength {smooth} calibrated on {cfg['eval']['int8_calibration']} "
                 "training sentences (`eval.int8_smooth`)"
