@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument(
         "--unfused",
         action="store_true",
-        help="also the int8-pc and int8-sq copies with query, key and value left as three Linears",
+        help="also the int8-pc and int8-sq copies with query, key and value left as three Linears "
+        "(and --sweep-alpha scores unfused copies, one smoothing scale per Linear)",
     )
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--k", type=int, default=10)
