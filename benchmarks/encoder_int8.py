@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -58,7 +58,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--files", nargs="*", default=None, help="text files instead of the standard library")
     ap.add_argument("--alpha", type=float, default=SMOOTH_ALPHA, help="int8-sq: SmoothQuant's migration strength")
-    ap.add_argument("--calibration", type=int, default=512, help="int8-sq: training sentences it is calibrated on")
+    ap.add_argument(
+        "--calibration",
+        type=int,
+        default=512,
+        help="training sentences the int8 copies are calibrated on (smoothing, fused Linears)",
+    )
     ap.add_argument(
         "--sweep-alpha",
         default="",
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     source = ("files", a.files) if a.files else ("stdlib", None)
     text = read_sentences(*source, test_fraction=0.2).text
     test = tokenize(tok, text["test"], a.max_length).split
-    sample = tokenize(tok, text["train"][: a.calibration], a.max_length).split  # int8-sq's calibration
+    sample = tokenize(tok, text["train"][: a.calibration], a.max_length).split  # the int8 copies' calibration
 
     def calibrate(model: nn.Module) -> torch.Tensor:
         return embed(model, sample, teacher.pad_id)
@@ -118,13 +123,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             raise SystemExit(f"encoder_int8: {path} has another tokenizer than the teacher {a.teacher}")
         name = Path(path).parent.name if Path(path).name == "hf" else Path(path).name  # <run>/<student>/hf
         add(name, student)
-    with torch.inference_mode():
-        target = embed(teacher, test, teacher.pad_id)
-        k = min(a.k, len(test) - 1)
-        scores = {}
-        for name, m in models.items():
-            e = embed(m, test, teacher.pad_id)
-            scores[name] = (mean_cosine(e, target), neighbour_agreement(e, target, a.queries, k))
+    scores = {name: (cos, agr) for name, cos, agr in scored(models.items(), teacher, test, a)}
+    k = min(a.k, len(test) - 1)
     vocab = int(teacher.hf.config.vocab_size)
 
     def ids(b: int, g: torch.Generator) -> torch.Tensor:
@@ -166,15 +166,24 @@ def score_table(
 ) -> None:
     """Print a table of ``copies`` (built one at a time) scored against the float32 teacher on ``split``; ``title``
     may name ``{n}`` (sentences), ``{queries}`` and ``{k}``; ``align`` is the first column's Markdown alignment."""
+    print(title.format(n=f"{len(split):,}", queries=a.queries, k=min(a.k, len(split) - 1)) + "\n")
+    print(f"| {column} | cosine with teacher | neighbour agreement |\n|{align}|---:|---:|")
+    for name, cos, agr in scored(copies, teacher, split, a):
+        print(f"| {name} | {cos:.4f} | {agr:.4f} |")
+    print()
+
+
+def scored(
+    copies: Iterable[tuple[str, nn.Module]], teacher: nn.Module, split: Split, a: argparse.Namespace
+) -> Iterator[tuple[str, float, float]]:
+    """``(name, cosine, neighbour agreement)`` of each of ``copies`` against the float32 teacher on ``split``, each
+    embedded as it comes (a lazily built copy is built, scored and let go before the next)."""
+    k = min(a.k, len(split) - 1)
     with torch.inference_mode():
         target = embed(teacher, split, teacher.pad_id)
-        k = min(a.k, len(split) - 1)
-        print(title.format(n=f"{len(split):,}", queries=a.queries, k=k) + "\n")
-        print(f"| {column} | cosine with teacher | neighbour agreement |\n|{align}|---:|---:|")
         for name, m in copies:
             e = embed(m, split, teacher.pad_id)
-            print(f"| {name} | {mean_cosine(e, target):.4f} | {neighbour_agreement(e, target, a.queries, k):.4f} |")
-    print()
+            yield name, mean_cosine(e, target), neighbour_agreement(e, target, a.queries, k)
 
 
 def sweep_alpha(

@@ -253,8 +253,9 @@ def int8_copy(
             "that has it (2.x up to at least 2.13)"
         )
     qconfig = q.per_channel_dynamic_qconfig if per_channel else q.default_dynamic_qconfig
-    if calibrate is not None:  # fused only per row: one scale per matrix would become one for the whole group
-        own = smooth_copy(model, calibrate, alpha, fuse=fuse and per_channel, apart=keep_float)
+    fuse = fuse and per_channel  # fused only per row: one scale per matrix would become one for the whole group
+    if calibrate is not None and (alpha is not None or fuse):  # else nothing to calibrate for
+        own = smooth_copy(model, calibrate, alpha, fuse=fuse, apart=keep_float)
     else:
         own = copy.deepcopy(model).cpu()
     spec: Any = {nn.Linear: qconfig}

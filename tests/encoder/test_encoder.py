@@ -426,10 +426,8 @@ def test_shipped_config_smoke_run_on_a_tiny_teacher(tmp_path: Path, tiny_dir: Pa
     # scored like a student; int8 moves the tiny teacher's embeddings too little to show at float32 rounding
     assert 0.0 <= copy["agreement"] <= 1.0 and 0.99 < copy["cos"] <= 1.0
     assert set(s["goals"]) == {"L1", "N1", "L1 int8", "N1 int8"}  # each kd copy against the float32 teacher
-    assert (
-        "`… int8`" in (run / "summary.md").read_text()
-        and "after SmoothQuant of strength 0.85" in (run / "summary.md").read_text()
-    )
+    summary_md = (run / "summary.md").read_text()
+    assert "`… int8`" in summary_md and "after SmoothQuant of strength 0.85" in summary_md
     assert all(e["ok"] for e in s["exports"].values()) and (run / "export" / "N1" / "student.onnx").is_file()
     kd = [row for row in s["rows"] if row["role"] == "kd" and row["student"] == "N1"]
     assert all(row["cos"] is not None for row in kd)  # the narrow kd student has a head into the teacher's space

@@ -405,10 +405,10 @@ def _int8_copies(
     run: EncoderRun, students: dict[str, SentenceEncoder], timed_role: dict[str, str], rows: list[dict]
 ) -> dict[str, nn.Module]:
     """``eval.int8``: a per-row int8 copy (SmoothQuant first with ``eval.int8_smooth``; the Linears that read one
-    input, a layer's query, key and value, fused into one) of the teacher and of each
-    timed student, named ``"<model> int8"``, scored like the students (one row each: role ``int8`` for the
-    teacher's copy, the copied student's role for the others, so that a kd student's copy gets its own goal
-    line, against the float32 teacher)."""
+    input, a layer's query, key and value, fused into one) of the teacher and of each timed student, named
+    ``"<model> int8"``, scored like the students (one row each: role ``int8`` for the teacher's copy, the copied
+    student's role for the others, so that a kd student's copy gets its own goal line, against the float32
+    teacher)."""
     sources = {"teacher": (run.teacher, run.tokens, "int8")}
     sources |= {name: (m, run.student_tokens[name], timed_role[name]) for name, m in students.items()}
     e = run.cfg.eval
