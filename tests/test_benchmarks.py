@@ -309,6 +309,15 @@ def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_te
     assert fused["teacher int8-sq unfused"]["x_same"] == pytest.approx(
         fused["teacher int8-sq"]["ms_b1"] / fused["teacher int8-sq unfused"]["ms_b1"]
     )  # like for like: against the fused teacher copy of its precision
+    if importlib.util.find_spec("onnxruntime") is not None:  # the onnx extra: copies served by onnxruntime
+        served = bench.main([*args, "--variants", "onnx,onnx-int8-sq", "--queries", "10", "--repeats", "1"])
+        assert list(served) == ["teacher", "teacher onnx", "teacher onnx-int8-sq", "S1", "S1 onnx", "S1 onnx-int8-sq"]
+        assert served["teacher onnx"]["cos"] == pytest.approx(1.0, abs=1e-5)  # the export answers as PyTorch does
+        assert served["S1 onnx"]["cos"] == pytest.approx(served["S1"]["cos"], abs=1e-5)
+        assert 0.9 < served["teacher onnx-int8-sq"]["cos"] < 1.0
+        assert served["S1 onnx-int8-sq"]["x_same"] == pytest.approx(
+            served["teacher onnx-int8-sq"]["ms_b1"] / served["S1 onnx-int8-sq"]["ms_b1"]
+        )  # like for like: against the teacher served the same way
     capsys.readouterr()
     bench.main([*args, "--variants", "int8-pc", "--where", "--queries", "10", "--k", "3", "--repeats", "1"])
     where = capsys.readouterr().out.split("\n\n")[1].splitlines()[2:]

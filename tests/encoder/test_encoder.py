@@ -415,9 +415,11 @@ def test_shipped_config_smoke_run_on_a_tiny_teacher(tmp_path: Path, tiny_dir: Pa
     roles = {(row["student"], row["role"]) for row in s["rows"]}
     trained = {(n, r) for n in ("L1", "N1") for r in ("init", "scratch", "kd")}
     int8 = {("teacher int8", "int8"), ("L1 int8", "kd"), ("N1 int8", "kd")}  # the config's eval.int8: true
-    assert roles == {("teacher", "teacher")} | trained | int8
+    served = {("teacher onnx-int8", "onnx-int8"), ("L1 onnx-int8", "kd"), ("N1 onnx-int8", "kd")}  # onnxruntime
+    assert roles == {("teacher", "teacher")} | trained | int8 | served
     figs = s["deploy"]["figures"]
-    assert set(figs) == {"teacher", "L1", "N1", "teacher int8", "L1 int8", "N1 int8"}
+    models = ("teacher", "L1", "N1")
+    assert set(figs) == {f"{m}{copy}" for m in models for copy in ("", " int8", " onnx", " onnx-int8")}
     assert figs["N1"]["flops_per_sample"] < figs["teacher"]["flops_per_sample"]
     for name in ("teacher", "L1", "N1"):  # an int8 copy has the float model's weights and FLOPs, not fewer
         assert figs[f"{name} int8"]["params"] == figs[name]["params"]
@@ -425,7 +427,7 @@ def test_shipped_config_smoke_run_on_a_tiny_teacher(tmp_path: Path, tiny_dir: Pa
     copy = next(row for row in s["rows"] if row["student"] == "teacher int8")
     # scored like a student; int8 moves the tiny teacher's embeddings too little to show at float32 rounding
     assert 0.0 <= copy["agreement"] <= 1.0 and 0.99 < copy["cos"] <= 1.0
-    assert set(s["goals"]) == {"L1", "N1", "L1 int8", "N1 int8"}  # each kd copy against the float32 teacher
+    assert set(s["goals"]) == {"L1", "N1", "L1 int8", "N1 int8", "L1 onnx-int8", "N1 onnx-int8"}  # each kd copy
     summary_md = (run / "summary.md").read_text()
     assert "`… int8`" in summary_md and "after SmoothQuant of strength 0.85" in summary_md
     assert all(e["ok"] for e in s["exports"].values()) and (run / "export" / "N1" / "student.onnx").is_file()
@@ -433,6 +435,61 @@ def test_shipped_config_smoke_run_on_a_tiny_teacher(tmp_path: Path, tiny_dir: Pa
     assert all(row["cos"] is not None for row in kd)  # the narrow kd student has a head into the teacher's space
     assert "neighbour agreement" in (run / "summary.md").read_text() and (run / "report.html").is_file()
     assert (run / "N1-kd-seed0" / "hf" / "2_Dense" / "model.safetensors").is_file()
+
+
+def test_onnxruntime_copies_are_scored_and_timed_against_the_teacher_in_onnxruntime(
+    tmp_path: Path, tiny_dir: Path, corpus: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    one = "students=[{name: L1, layers: 1, init: copy}]"
+    args = _overrides(tmp_path, tiny_dir, corpus, one, "seeds=[0]", "roles=[kd]", "eval.onnx=false", "name=served")
+    r = kdistill("run", str(CONFIG), "--smoke", *args, "eval.int8=false", "eval.onnxruntime=true")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "served-smoke"
+    s = json.loads((run / "summary.json").read_text())
+    assert {(row["student"], row["role"]) for row in s["rows"]} == {
+        ("teacher", "teacher"),
+        ("L1", "kd"),
+        ("teacher onnx-int8", "onnx-int8"),
+        ("L1 onnx-int8", "kd"),
+    }
+    figs = s["deploy"]["figures"]
+    assert set(figs) == {"teacher", "L1", "teacher onnx", "teacher onnx-int8", "L1 onnx", "L1 onnx-int8"}
+    for name in ("teacher", "L1"):  # a copy has the model's params and FLOPs (onnxruntime shows torch nothing)
+        for copy in (f"{name} onnx", f"{name} onnx-int8"):
+            assert (figs[copy]["params"], figs[copy]["flops_per_sample"]) == (
+                figs[name]["params"],
+                figs[name]["flops_per_sample"],
+            )
+    for name in ("teacher onnx", "L1 onnx-int8"):  # an onnxruntime copy weighs its file
+        files = {"teacher onnx": "teacher/float32.onnx", "L1 onnx-int8": "L1/int8.onnx-int8-sq.onnx"}
+        assert figs[name]["weights_bytes"] == (run / "onnxruntime" / files[name]).stat().st_size > 0
+    # the int8 copy's speed-up counts against the teacher in onnxruntime, the float student's against PyTorch's
+    served = figs["teacher onnx"]["latency_ms_b1"] / figs["L1 onnx-int8"]["latency_ms_b1"]
+    assert s["goals"]["L1 onnx-int8"]["speedup"]["b1"] == pytest.approx(served)
+    assert s["goals"]["L1"]["speedup"]["b1"] == pytest.approx(
+        figs["teacher"]["latency_ms_b1"] / figs["L1"]["latency_ms_b1"]
+    )
+    row = next(row for row in s["rows"] if row["student"] == "teacher onnx-int8")
+    assert 0.0 <= row["agreement"] <= 1.0 and 0.9 < row["cos"] <= 1.0
+    files = run / "onnxruntime" / "teacher"  # the config smooths (int8_smooth 0.85): a smoothed export, quantised
+    assert {p.name for p in files.iterdir()} == {"float32.onnx", "int8.sq.onnx", "int8.onnx-int8-sq.onnx"}
+    md = (run / "summary.md").read_text()
+    assert "Models named `… onnx` are exported to ONNX" in md and "after SmoothQuant of strength 0.85" in md
+    assert "gain is the teacher" in (run / "report.html").read_text()  # the same note, HTML-escaped
+
+
+def test_onnxruntime_missing_is_refused_before_any_work(
+    tmp_path: Path, tiny_dir: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdistill.config import ConfigError
+    from kdistill.experiment.encoder_run import run_encoder
+
+    cfg = load_encoder_config(CONFIG, [*_overrides(tmp_path, tiny_dir, corpus), "eval.onnxruntime=true", "name=x"])
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match=r"eval.onnxruntime is on, but .*pip install -e '\.\[onnx\]'"):
+        run_encoder(cfg, smoke=True)
+    assert not (tmp_path / "x-smoke" / "summary.json").exists()  # nothing trained, nothing written
 
 
 def test_hidden_states_and_relations_run_with_the_teacher_online(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:
@@ -494,7 +551,7 @@ def test_fixed_seed_reproduces_and_a_killed_run_resumes(tmp_path: Path, tiny_dir
     assert r.returncode == 0, r.stderr
     assert "L1-scratch-seed0: finished before the interruption, kept" in r.stdout + r.stderr
     a, b = (json.loads((tmp_path / f"{n}-smoke" / "summary.json").read_text())["rows"] for n in ("a", "b"))
-    assert len(a) == len(b) == 10  # the teacher, 2 students × 3 roles, and the 3 int8 copies (eval.int8)
+    assert len(a) == len(b) == 13  # the teacher, 2 students × 3 roles, 3 int8 and 3 onnxruntime int8 copies
     for x, y in zip(a, b, strict=True):
         assert {k for k in x} == {k for k in y}
         for k in x:

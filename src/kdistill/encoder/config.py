@@ -186,6 +186,13 @@ class EvalConfig(StrictModel):
     int8_calibration: int = Field(
         512, ge=1, description="training sentences the int8 copies are calibrated on (smoothing, fused Linears)"
     )
+    onnxruntime: bool = Field(
+        False,
+        description="also time the teacher and each timed student exported to ONNX and run by onnxruntime "
+        "('<model> onnx'), and score and time their onnxruntime int8 copies ('<model> onnx-int8', SmoothQuant first "
+        "with int8_smooth); needs the onnx extra. Their speed-ups are against the teacher in onnxruntime, which the "
+        "runtime speeds up as much",
+    )
 
 
 class EncoderExperimentConfig(PlainRunConfig):

@@ -2,7 +2,8 @@
 embeddings of every sentence, cached -> for every student size and seed: the student as initialised (``init``),
 trained without the teacher (``scratch``: SimCSE on the same sentences, same steps, same initialisation) and
 distilled (``kd``) -> mean cosine and neighbour agreement with the teacher on held-out sentences (with
-``eval.int8``, also of per-row int8 copies of the teacher and the first seed's students) -> params, FLOPs and
+``eval.int8``, also of per-row int8 copies of the teacher and the first seed's students; with
+``eval.onnxruntime``, of their onnxruntime int8 copies) -> params, FLOPs and
 CPU latency of the teacher and the students (and copies), timed together -> ONNX export with an onnxruntime
 parity check -> summary, report. ``device`` says where the teacher embeds and the students train and are scored
 (a GPU when there is one); latency is measured and ONNX exported on CPU copies. The run directory::
@@ -11,6 +12,7 @@ parity check -> summary, report. ``device`` says where the teacher embeds and th
     <student>-<role>-seed<k>/     metrics.jsonl, last.pt, best.pt, row.json, hf/ (save_pretrained + tokenizer +
                                   sentence-transformers module files)
     export/<student>/student.onnx the first seed's kd student, checked in onnxruntime
+    onnxruntime/<model>/          eval.onnxruntime: the teacher's and each timed student's ONNX files, float32 and int8
     summary.json, summary.md, report.html
 
 The teacher's embeddings of each split live in ``<output_dir>/_teacher_cache/encoder/``, shared between runs.
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from kdistill.caches import state_fingerprint
+from kdistill.config import ConfigError
 from kdistill.data import Split
 from kdistill.data.store import fingerprint
 from kdistill.deploy import measure_many, on_cpu
@@ -55,6 +58,12 @@ from kdistill.lock import run_lock
 from kdistill.models import count_params
 from kdistill.precision import int8_copy
 from kdistill.report.encoder import write_encoder_summary
+from kdistill.runtime import (  # onnxruntime itself is imported only when a copy is made
+    OnnxRuntimeModel,
+    onnx_copy,
+    quantize_onnx,
+    require_onnxruntime,
+)
 from kdistill.taps import freeze
 from kdistill.teacher import FrozenTeacher
 from kdistill.text.tokenizers import TextError
@@ -97,6 +106,11 @@ def run_encoder(cfg: EncoderExperimentConfig, smoke: bool = False, resume: bool 
 
 def _run_encoder(cfg: EncoderExperimentConfig, smoke: bool, resume: bool) -> dict:
     device = resolve_device(cfg.device)  # before any work: device=cuda without a GPU is an error at once
+    if cfg.eval.onnxruntime:  # before any training: a missing runtime would fail the run at its very end
+        try:
+            require_onnxruntime()
+        except RuntimeError as e:
+            raise ConfigError(f"eval.onnxruntime is on, but {e}; or set eval.onnxruntime=false") from None
     run_dir, resolved = open_run_dir(cfg, smoke, resume)
 
     teacher, tok, tdir = load_encoder(cfg.teacher.path)
@@ -126,8 +140,10 @@ def _run_encoder(cfg: EncoderExperimentConfig, smoke: bool, resume: bool) -> dic
                 if seed == cfg.seeds[0] and (role == "kd" or spec.name not in students):
                     students[spec.name] = model  # what is timed and exported: kd when trained, else as it is
                     timed_role[spec.name] = role
-    int8 = _int8_copies(run, students, timed_role, rows) if cfg.eval.int8 else {}
-    deploy = _deploy(run, students, int8)
+    copies = _int8_copies(run, students, timed_role, rows) if cfg.eval.int8 else {}
+    if cfg.eval.onnxruntime:
+        copies |= _served_copies(run, students, timed_role, rows)
+    deploy = _deploy(run, students, copies)
     exports = _export(run, students) if cfg.eval.onnx and "kd" in cfg.roles else {}
     return write_encoder_summary(run_dir, resolved, rows, data, deploy, exports, smoke)
 
@@ -380,16 +396,17 @@ def _bank(run: EncoderRun) -> dict[str, torch.Tensor]:
     return {"bank": train[rows], "bank_rows": rows}
 
 
-def _scores(run: EncoderRun, student: SentenceEncoder, tokens: Tokens) -> dict:
+def _scores(run: EncoderRun, student: nn.Module, tokens: Tokens, pad_id: int | None = None) -> dict:
     """Cosine with the teacher on the test sentences (in the student's own space when it is the teacher's, and
     through a least-squares map fitted on the first ``MAP_ROWS`` training sentences: a 384-wide map is settled
     long before that, and embedding a large transfer set for it would cost more than training), and neighbour
-    agreement."""
+    agreement. ``pad_id``: the padding id of a student that does not carry its own (an onnxruntime copy)."""
     queries, k = (SMOKE["queries"], SMOKE["k"]) if run.smoke else (run.cfg.eval.queries, run.cfg.eval.k)
-    test = embed(student, tokens["test"].split, student.pad_id)
+    pad = student.pad_id if pad_id is None else pad_id
+    test = embed(student, tokens["test"].split, pad)
     t_test = run.cache["test"]
     rows = torch.arange(min(MAP_ROWS, len(tokens["train"].split)))
-    train = embed(student, tokens["train"].split.take(rows), student.pad_id)
+    train = embed(student, tokens["train"].split.take(rows), pad)
     mapped = nn.functional.normalize(linear_map(train, run.cache["train"][rows])(test).detach(), dim=-1)
     return {
         "cos": mean_cosine(test, t_test) if test.shape == t_test.shape else None,
@@ -401,27 +418,70 @@ def _scores(run: EncoderRun, student: SentenceEncoder, tokens: Tokens) -> dict:
 # ----------------------------------------------------------------------------- deployment
 
 
+Copies = dict[str, tuple[nn.Module, str]]  # name -> (a copy of a model, the name of the model it copies)
+
+
 def _int8_copies(
     run: EncoderRun, students: dict[str, SentenceEncoder], timed_role: dict[str, str], rows: list[dict]
-) -> dict[str, nn.Module]:
+) -> Copies:
     """``eval.int8``: a per-row int8 copy (SmoothQuant first with ``eval.int8_smooth``; the Linears that read one
     input, a layer's query, key and value, fused into one) of the teacher and of each timed student, named
     ``"<model> int8"``, scored like the students (one row each: role ``int8`` for the teacher's copy, the copied
     student's role for the others, so that a kd student's copy gets its own goal line, against the float32
     teacher)."""
-    sources = {"teacher": (run.teacher, run.tokens, "int8")}
-    sources |= {name: (m, run.student_tokens[name], timed_role[name]) for name, m in students.items()}
     e = run.cfg.eval
-    copies = {}
-    for name, (model, tokens, role) in sources.items():
+    copies: Copies = {}
+    for name, (model, tokens, role) in _sources(run, students, timed_role, "int8").items():
         # calibrated either way: the sentences also show which Linears read one input (fused: one quantisation)
         q = int8_copy(model, calibrate=_calibration(run, tokens), alpha=e.int8_smooth)
-        copies[f"{name} int8"] = q
-        row = {"student": f"{name} int8", "role": role, "seed": run.cfg.seeds[0], "params": count_params(model)}
-        row |= {"layers": layer_count(model), "width": model.width, **_scores(run, q, tokens)}
-        rows.append(row)
-        log(f"{name} int8: cosine {_f(row['cos'])}, neighbours {row['agreement']:.3f}")
+        copies[f"{name} int8"] = (q, name)
+        rows.append(_copy_row(run, f"{name} int8", role, model, q, tokens))
     return copies
+
+
+def _served_copies(
+    run: EncoderRun, students: dict[str, SentenceEncoder], timed_role: dict[str, str], rows: list[dict]
+) -> Copies:
+    """``eval.onnxruntime``: the teacher and each timed student exported to ONNX and run by onnxruntime, as
+    exported (``"<model> onnx"``, timed only: it answers as the model does) and dynamically quantised to int8
+    (``"<model> onnx-int8"``, SmoothQuant first with ``eval.int8_smooth``; scored like the int8 copies). The
+    files go to ``onnxruntime/<model>/`` in the run directory."""
+    smooth = run.cfg.eval.int8_smooth
+    copies: Copies = {}
+    for name, (model, tokens, role) in _sources(run, students, timed_role, "onnx-int8").items():
+        model = on_cpu(model).eval()
+        where = run.run_dir / "onnxruntime" / name
+        example = tokens["test"].split.x[:2]
+        served = onnx_copy(model, "onnx", example, where, dynamic=(0, 1), name="float32")
+        copies[f"{name} onnx"] = (served, name)
+        if smooth is None:  # quantise the file just written
+            quantize_onnx(served.path, where / "int8.onnx")
+            q: nn.Module = OnnxRuntimeModel(where / "int8.onnx")
+        else:  # a smoothed float copy is exported and quantised
+            calibrate = _calibration(run, tokens)
+            q = onnx_copy(
+                model, "onnx-int8-sq", example, where, calibrate=calibrate, alpha=smooth, dynamic=(0, 1), name="int8"
+            )
+        copies[f"{name} onnx-int8"] = (q, name)
+        rows.append(_copy_row(run, f"{name} onnx-int8", role, model, q, tokens))
+    return copies
+
+
+def _sources(
+    run: EncoderRun, students: dict[str, SentenceEncoder], timed_role: dict[str, str], teacher_role: str
+) -> dict[str, tuple[SentenceEncoder, Tokens, str]]:
+    """The models a copy is made of: the teacher (its copy's row gets ``teacher_role``) and each timed student
+    (its copy's row gets the student's role, so that a kd student's copy gets its own goal line)."""
+    sources = {"teacher": (run.teacher, run.tokens, teacher_role)}
+    return sources | {name: (m, run.student_tokens[name], timed_role[name]) for name, m in students.items()}
+
+
+def _copy_row(run: EncoderRun, name: str, role: str, model: SentenceEncoder, q: nn.Module, tokens: Tokens) -> dict:
+    """The quality row of ``q``, a copy of ``model``, scored against the float32 teacher like the students."""
+    row = {"student": name, "role": role, "seed": run.cfg.seeds[0], "params": count_params(model)}
+    row |= {"layers": layer_count(model), "width": model.width, **_scores(run, q, tokens, model.pad_id)}
+    log(f"{name}: cosine {_f(row['cos'])}, neighbours {row['agreement']:.3f}")
+    return row
 
 
 def _calibration(run: EncoderRun, tokens: Tokens) -> Callable[[nn.Module], torch.Tensor]:
@@ -433,9 +493,9 @@ def _calibration(run: EncoderRun, tokens: Tokens) -> Callable[[nn.Module], torch
     return lambda model: embed(model, sample, model.pad_id)
 
 
-def _deploy(run: EncoderRun, students: dict[str, SentenceEncoder], int8: dict[str, nn.Module]) -> dict:
-    """Params, FLOPs and CPU latency (1 thread) of the teacher and each student (and their int8 copies), timed
-    together."""
+def _deploy(run: EncoderRun, students: dict[str, SentenceEncoder], copies: Copies) -> dict:
+    """Params, FLOPs and CPU latency (1 thread) of the teacher and each student (and their copies: int8,
+    onnxruntime), timed together."""
     e = run.cfg.eval
     L = e.latency_tokens or max(2, round(statistics.median(run.tokens["test"].lengths.tolist())))
     # ids every model has (a student with its own tokenizer may have fewer), above padding and special tokens
@@ -445,7 +505,7 @@ def _deploy(run: EncoderRun, students: dict[str, SentenceEncoder], int8: dict[st
     def ids(b: int, g: torch.Generator) -> torch.Tensor:
         return torch.randint(lo, vocab, (b, L), generator=g)
 
-    models = {"teacher": run.teacher, **students, **int8}
+    models = {"teacher": run.teacher, **students, **{name: q for name, (q, _) in copies.items()}}
     t0 = time.perf_counter()
     figures = measure_many(
         models,
@@ -455,9 +515,12 @@ def _deploy(run: EncoderRun, students: dict[str, SentenceEncoder], int8: dict[st
         batch_sizes=e.batch_sizes,
         make_input=ids,
     )
-    for name in int8:  # packed int8 weights are not parameters, and the FLOP counter skips quantised matmuls
-        source = figures[name.removesuffix(" int8")]
-        figures[name] |= {"params": source["params"], "flops_per_sample": source["flops_per_sample"]}
+    for name, (q, of) in copies.items():
+        # packed int8 weights are not parameters, the FLOP counter skips quantised matmuls and sees nothing inside
+        # onnxruntime: a copy has the params and FLOPs of the model it copies
+        figures[name] |= {"params": figures[of]["params"], "flops_per_sample": figures[of]["flops_per_sample"]}
+        if isinstance(q, OnnxRuntimeModel):  # its weights are in its file, not in a state_dict
+            figures[name]["weights_bytes"] = q.path.stat().st_size
     log(
         f"deploy: {len(models)} models timed at {L} tokens, batches {e.batch_sizes}, in {time.perf_counter() - t0:.0f}s"
     )
