@@ -318,6 +318,11 @@ def test_encoder_int8_scores_float_and_low_precision_copies_against_the_float_te
         assert served["S1 onnx-int8-sq"]["x_same"] == pytest.approx(
             served["teacher onnx-int8-sq"]["ms_b1"] / served["S1 onnx-int8-sq"]["ms_b1"]
         )  # like for like: against the teacher served the same way
+        assert served["S1 onnx-int8-sq"]["x_runtime"] == pytest.approx(
+            served["teacher onnx"]["ms_b1"] / served["S1 onnx-int8-sq"]["ms_b1"]
+        )  # and against the float32 teacher in onnxruntime
+        assert served["S1"]["x_runtime"] == served["S1"]["x_b1"]  # a PyTorch row: the float32 teacher in PyTorch
+        assert out["S1 int8"]["x_runtime"] == out["S1 int8"]["x_b1"]
     capsys.readouterr()
     bench.main([*args, "--variants", "int8-pc", "--where", "--queries", "10", "--k", "3", "--repeats", "1"])
     where = capsys.readouterr().out.split("\n\n")[1].splitlines()[2:]
