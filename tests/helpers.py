@@ -33,6 +33,16 @@ def make_bn_teacher(in_features: int = 6, num_classes: int = 3, seed: int = 0) -
     return model
 
 
+def outlier_inputs(n: int = 256) -> torch.Tensor:
+    """Inputs of width 16 with two channels 60 times wider than the rest, as a transformer's activations have
+    (what SmoothQuant is for)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 16, generator=g)
+    x[:, 3] *= 60
+    x[:, 11] *= 60
+    return x
+
+
 def synthetic_overrides(tmp_path: Path, name: str = "syn") -> list[str]:
     """A whole run in seconds: 400 synthetic 8x8 images of 4 classes, MLP teacher and student, 2 seeds."""
     return [

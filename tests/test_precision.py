@@ -22,6 +22,7 @@ from kdistill.precision import (
     observe_inputs,
     smooth_copy,
 )
+from tests.helpers import outlier_inputs
 
 
 def _mlp() -> nn.Module:
@@ -60,17 +61,8 @@ def test_low_precision_names_each_variant_and_refuses_others() -> None:
         low_precision(model, "int4")
 
 
-def _outlier_inputs(n: int = 256) -> torch.Tensor:
-    """Inputs with two channels 60 times wider than the rest, as a transformer's activations have."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 16, generator=g)
-    x[:, 3] *= 60
-    x[:, 11] *= 60
-    return x
-
-
 def test_input_ranges_record_each_linears_largest_input_per_channel() -> None:
-    model, x = _mlp(), _outlier_inputs()
+    model, x = _mlp(), outlier_inputs()
     ranges = input_ranges(model, lambda m: m(x))
     assert set(ranges) == {"0", "2"} and model.training  # every Linear by name; the mode restored
     assert torch.equal(ranges["0"], x.abs().amax(0))
@@ -83,7 +75,7 @@ def test_input_ranges_record_each_linears_largest_input_per_channel() -> None:
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 0.85, 1.0])
 def test_smooth_copy_scales_in_closed_form_and_keeps_the_float_function(alpha: float) -> None:
-    model, x = _mlp(), _outlier_inputs()
+    model, x = _mlp(), outlier_inputs()
     smoothed = smooth_copy(model, lambda m: m(x), alpha)
     first = smoothed[0]
     assert isinstance(first, SmoothedLinear) and isinstance(smoothed[2], SmoothedLinear)
@@ -102,7 +94,7 @@ def test_smooth_copy_scales_in_closed_form_and_keeps_the_float_function(alpha: f
 def test_smoothing_cuts_the_int8_error_of_outlier_channels() -> None:
     """Two wide input channels set the per-call activation scale and leave the others a few grid levels; after
     smoothing the int8 copy's error is several times smaller, with the same per-row weight scheme."""
-    model, x = _mlp().eval(), _outlier_inputs()
+    model, x = _mlp().eval(), outlier_inputs()
     with torch.no_grad():
         ref = model(x)
         plain = float((int8_copy(model)(x) - ref).abs().mean())
@@ -139,7 +131,7 @@ def test_smoothing_a_tied_head_leaves_the_embedding_it_shares_alone() -> None:
 
 @pytest.mark.parametrize("smooth", [False, True])
 def test_int8_copy_keeps_the_linears_it_is_told_to_in_float(smooth: bool) -> None:
-    model, x = _mlp(), _outlier_inputs()
+    model, x = _mlp(), outlier_inputs()
     calibrate = (lambda m: m(x)) if smooth else None
     q = int8_copy(model, calibrate=calibrate, keep_float=lambda name: name == "2")
     first, last = (q[0].linear, q[2].linear) if smooth else (q[0], q[2])
@@ -153,7 +145,7 @@ def test_smoothing_a_linear_used_in_two_places_smooths_both_uses() -> None:
     computes another function."""
     shared = nn.Linear(16, 16)
     model = nn.Sequential(shared, nn.Tanh(), shared)
-    x = _outlier_inputs()
+    x = outlier_inputs()
     smoothed = smooth_copy(model, lambda m: m(x), 0.85)
     assert isinstance(smoothed[0], SmoothedLinear) and smoothed[0] is smoothed[2]
     with torch.no_grad():
@@ -192,7 +184,7 @@ class _Attention(nn.Module):
 
 
 def _tokens(n: int = 4) -> torch.Tensor:
-    x = torch.stack([_outlier_inputs(6) for _ in range(n)])  # (n, 6 tokens, 16)
+    x = torch.stack([outlier_inputs(6) for _ in range(n)])  # (n, 6 tokens, 16)
     return x + torch.arange(n).view(-1, 1, 1)  # each sequence its own
 
 

@@ -17,20 +17,12 @@ onnx = pytest.importorskip("onnx")
 
 from kdistill.deploy import measure_many  # noqa: E402
 from kdistill.runtime import ONNX_VARIANTS, OnnxRuntimeModel, onnx_copy  # noqa: E402
+from tests.helpers import outlier_inputs  # noqa: E402
 
 
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).train()
-
-
-def _outlier_inputs(n: int = 256) -> torch.Tensor:
-    """Two input channels 60 times wider than the rest, as a transformer's activations have."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 16, generator=g)
-    x[:, 3] *= 60
-    x[:, 11] *= 60
-    return x
 
 
 def _ops(path: Path) -> set[str]:
@@ -51,7 +43,7 @@ def test_float_copy_answers_as_the_model_and_leaves_it_alone(tmp_path: Path) -> 
 
 
 def test_int8_copies_are_quantised_and_smoothing_cuts_their_error(tmp_path: Path) -> None:
-    model, x = _mlp().eval(), _outlier_inputs()
+    model, x = _mlp().eval(), outlier_inputs()
     with torch.no_grad():
         ref = model(x)
     plain = onnx_copy(model, "onnx-int8", x[:2], tmp_path / "plain")
