@@ -109,7 +109,8 @@ def onnx_copy(
     name: str = "model",
 ) -> OnnxRuntimeModel:
     """The ``variant`` copy of ``model`` (one of :data:`ONNX_VARIANTS`) as an :class:`OnnxRuntimeModel`, its files
-    written under ``directory`` as ``<name>.onnx`` (and ``<name>.<variant>.onnx``). ``example`` is an input
+    written under ``directory``: the float export ``<name>.onnx`` (``<name>.sq.onnx`` when smoothed) and the
+    quantised ``<name>.<variant>.onnx``. ``example`` is an input
     the export traces; ``dynamic`` its axes that may change size (a sentence encoder: ``(0, 1)``, batch and
     tokens). ``onnx-int8-sq`` smooths a copy of ``model`` first (strength ``alpha``), which needs ``calibrate``.
     ``model`` itself is left as it was."""

@@ -190,8 +190,8 @@ class EvalConfig(StrictModel):
         False,
         description="also time the teacher and each timed student exported to ONNX and run by onnxruntime "
         "('<model> onnx'), and score and time their onnxruntime int8 copies ('<model> onnx-int8', SmoothQuant first "
-        "with int8_smooth); needs the onnx extra. Their speed-ups are against the teacher in onnxruntime, which the "
-        "runtime speeds up as much",
+        "with int8_smooth); needs the onnx extra. Their speed-ups count against the float32 teacher in onnxruntime "
+        "('teacher onnx'): the runtime speeds the teacher up too",
     )
 
 
