@@ -489,7 +489,7 @@ def test_onnxruntime_missing_is_refused_before_any_work(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     with pytest.raises(ConfigError, match=r"eval.onnxruntime is on, but .*pip install -e '\.\[onnx\]'"):
         run_encoder(cfg, smoke=True)
-    assert not (tmp_path / "x-smoke" / "summary.json").exists()  # nothing trained, nothing written
+    assert not (tmp_path / "x-smoke").exists()  # refused before the run directory: nothing trained, nothing written
 
 
 def test_hidden_states_and_relations_run_with_the_teacher_online(tmp_path: Path, tiny_dir: Path, corpus: Path) -> None:
