@@ -423,14 +423,22 @@ def _onnx_failure(e: BaseException, name: str) -> str:
     return f"ONNX export of {name} failed: {type(e).__name__}: {first}"
 
 
+def onnx_session(path: Path, threads: int = 1) -> Any:
+    """An onnxruntime session on the CPU for the file ``path``, ``threads`` threads within an operator and one
+    across them (onnxruntime's default graph optimisations, all of them)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def check_onnx(path: Path, x: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor | None) -> dict:
     """Run the file in onnxruntime (1 thread) on ``x`` and on its first row alone; compare with ``reference``."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     out = torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
     result = _compare(out, reference, labels)
     # The batch dimension is dynamic: one image alone must give the same logits as in the batch.

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdistill.export import export_onnx
+from kdistill.export import export_onnx, onnx_session
 from kdistill.precision import SMOOTH_ALPHA, Calibrate, smooth_copy
 
 ONNX_VARIANTS = ("onnx", "onnx-int8", "onnx-int8-sq")
@@ -57,12 +57,8 @@ class OnnxRuntimeModel(nn.Module):
         self._open()
 
     def _open(self) -> None:
-        ort = require_onnxruntime()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        require_onnxruntime()
+        self._session = onnx_session(self.path, self.threads)
         self._input = self._session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
